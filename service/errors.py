@@ -1,0 +1,111 @@
+"""One JSON error shape everywhere: {"error": {"code", "message", "field"?}}. No stack traces to clients."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("xraysynth.api")
+
+
+class ApiError(Exception):
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        code: str | None = None,
+        status_code: int | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.headers = headers
+        if code:
+            self.code = code
+        if status_code:
+            self.status_code = status_code
+
+
+class Unauthorized(ApiError):
+    status_code, code = 401, "unauthorized"
+
+
+class Forbidden(ApiError):
+    status_code, code = 403, "forbidden"
+
+
+class NotFound(ApiError):
+    status_code, code = 404, "not_found"
+
+
+class Conflict(ApiError):
+    status_code, code = 409, "conflict"
+
+
+class Gone(ApiError):
+    status_code, code = 410, "gone"
+
+
+class PayloadTooLarge(ApiError):
+    status_code, code = 413, "payload_too_large"
+
+
+class Unprocessable(ApiError):
+    status_code, code = 422, "validation_error"
+
+
+class RateLimited(ApiError):
+    status_code, code = 429, "rate_limited"
+
+
+def error_body(code: str, message: str, field: str | None = None) -> dict:
+    err: dict = {"code": code, "message": message}
+    if field:
+        err["field"] = field
+    return {"error": err}
+
+
+def _field_of(loc: tuple) -> str:
+    # ("body", "conditions", "Mass") -> "conditions.Mass"; ("query", "expires_in") -> "expires_in"
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError):
+        headers = dict(exc.headers or {})
+        if exc.status_code == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        return JSONResponse(error_body(exc.code, exc.message, exc.field), status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError):
+        first = exc.errors()[0]
+        field = _field_of(tuple(first.get("loc", ())))
+        msg = first.get("msg", "invalid value")
+        if first.get("type") == "extra_forbidden":
+            msg = "unknown field"
+        elif first.get("type") == "json_invalid":
+            field, msg = "body", "request body is not valid JSON"
+        return JSONResponse(error_body("validation_error", f"{field}: {msg}", field), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        # Logged with its type only: exception text could carry data we must not leak into logs.
+        log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
+        return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)

@@ -1,0 +1,3 @@
+"""Every resource router, in the order they appear in /docs."""
+
+ROUTERS: list = []

@@ -1,0 +1,96 @@
+"""One settings object for every process (API, worker, CLI), read from XRAYSYNTH_* variables.
+
+Outside development the service refuses to start on the well-known default secrets or on an S3
+store without credentials: a forgotten variable must fail loudly, not publish with a shared key.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_API_KEY_PEPPER = "dev-only-pepper-change-me"
+DEV_S3_ACCESS_KEY = "xraysynth-dev"
+DEV_S3_SECRET_KEY = "xraysynth-dev-secret-change-me"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="XRAYSYNTH_", env_file=".env", extra="ignore")
+
+    environment: Literal["development", "test", "production"] = "development"
+
+    # Persistence and queue
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/xraysynth"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    rate_limit_storage_url: str = "redis://127.0.0.1:6379/1"
+    # Used only with the embedded broker fallback (broker_url = "filesystem://").
+    broker_folder: str = "var/broker"
+
+    # Object storage: the internal endpoint is what services talk to; URLs handed to researchers are
+    # signed for the public endpoint (SigV4 signs the Host header, so it must be the one they reach).
+    s3_endpoint_url: str = "http://127.0.0.1:8333"
+    s3_public_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str = DEV_S3_ACCESS_KEY
+    s3_secret_access_key: str = DEV_S3_SECRET_KEY
+    release_bucket: str = "xraysynth-release"
+    private_bucket: str = "xraysynth-private"
+
+    # Auth and limits
+    api_key_pepper: str = DEV_API_KEY_PEPPER
+    rate_limit: str = "120/minute"
+    max_body_bytes: int = Field(default=64 * 1024, gt=0)
+    default_image_quota: int = Field(default=100_000, ge=0)
+    max_images_per_request: int = Field(default=1_000_000, gt=0)
+
+    # Review and release policy
+    reviews_required: int = Field(default=1, ge=1)
+    auto_approve_max_images: int = Field(default=0, ge=0)
+    min_training_patients: int = Field(default=20, ge=1)
+
+    # Generation
+    shard_size: int = Field(default=1000, gt=0)
+    generation_batch_size: int = Field(default=1024, gt=0)
+    # A dataset in `generating` whose shards have made no progress for this long is failed with a reason.
+    stale_generation_after_s: int = Field(default=1800, gt=0)
+    # S3 outage budget inside one shard task before the dataset fails (admin retry resumes).
+    storage_retry_budget_s: float = Field(default=120.0, gt=0)
+
+    # Downloads
+    download_expiry_default_s: int = Field(default=3600, gt=0)
+    download_expiry_max_s: int = Field(default=7 * 24 * 3600, gt=0)
+
+    # Hospital zone: where the training set of the shipped default model lives (for its privacy index)
+    trainset_dir: str = "var/trainset"
+    shared_data_dir: str = "../shared/data/cxr"
+
+    @property
+    def public_endpoint(self) -> str:
+        return self.s3_public_endpoint_url or self.s3_endpoint_url
+
+    @property
+    def is_development(self) -> bool:
+        return self.environment == "development"
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets(self) -> "Settings":
+        if self.environment == "development":
+            return self
+        problems = []
+        if self.api_key_pepper == DEV_API_KEY_PEPPER or len(self.api_key_pepper) < 16:
+            problems.append("XRAYSYNTH_API_KEY_PEPPER is the development default or shorter than 16 characters")
+        if not self.s3_access_key_id or not self.s3_secret_access_key:
+            problems.append("the S3 store has no credentials (XRAYSYNTH_S3_ACCESS_KEY_ID / _SECRET_ACCESS_KEY)")
+        elif (self.s3_access_key_id, self.s3_secret_access_key) == (DEV_S3_ACCESS_KEY, DEV_S3_SECRET_KEY):
+            problems.append("the S3 credentials are the development defaults")
+        if problems:
+            raise ValueError(f"refusing to start in {self.environment}: " + "; ".join(problems))
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
