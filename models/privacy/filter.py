@@ -1,0 +1,168 @@
+"""The memorisation filter the worker runs on every generated batch, and the regenerate loop.
+
+An image whose score against the training index is under the calibrated threshold is dropped and
+regenerated with the next attempt number (same image index, so the latent is
+``latent_batch(seed, i, attempt)``): the output stays a pure function of (model, seed, index).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class MemorisationError(RuntimeError):
+    """An image stayed too close to the training set after every allowed attempt. The message
+    carries image indices and scores only - never pixels - so it can go into a dataset's error."""
+
+    def __init__(self, image_indices, scores, nearest_image_ids, max_attempts: int):
+        self.image_indices = [int(i) for i in image_indices]
+        self.scores = [float(s) for s in scores]
+        self.nearest_image_ids = [str(s) for s in nearest_image_ids]
+        shown = ", ".join(f"{i} (score {s:.3f})" for i, s in list(zip(self.image_indices, self.scores))[:10])
+        more = f" and {len(self.image_indices) - 10} more" if len(self.image_indices) > 10 else ""
+        super().__init__(
+            f"{len(self.image_indices)} image(s) still matched a training image after {max_attempts} "
+            f"attempts and were not released: image index {shown}{more}"
+        )
+
+
+@dataclass
+class FilterResult:
+    keep: np.ndarray  # bool [B]: False = too close to a training image
+    score: np.ndarray  # float32 [B]
+    nearest_index: np.ndarray  # int64 [B], row of the PrivacyIndex
+    nearest_patient: np.ndarray  # str [B], patient id of that row (hospital zone only)
+
+
+def memorisation_filter(index, calibration, pixels_uint8, embeddings) -> FilterResult:
+    nn = index.nearest(pixels_uint8, embeddings)
+    keep = ~calibration.flagged(nn.score)
+    return FilterResult(
+        keep=keep,
+        score=nn.score,
+        nearest_index=nn.index,
+        nearest_patient=index.patient_ids[nn.index.clip(min=0)],
+    )
+
+
+@dataclass
+class Replaced:
+    """What ``filter_and_replace`` hands back: every array is in the order of ``image_indices``."""
+
+    pixels: np.ndarray  # uint8 [B,128,128], all passing the filter
+    embeddings: np.ndarray  # float32 [B,D] as generate_fn returned them
+    extra: object  # generate_fn's extra, per image, from the accepted attempt (dict/array/None)
+    attempts: np.ndarray  # int64 [B], attempt number of the released image (0 = first try)
+    score: np.ndarray  # float32 [B]
+    nearest_index: np.ndarray  # int64 [B]
+    nearest_patient: np.ndarray  # str [B]
+    n_rejected: int  # generated images dropped in total
+    n_generated: int  # generated images in total (= B + n_rejected)
+    rejected_scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+
+
+def _take(x, sel):
+    """Rows ``sel`` of an array / tensor / dict / list-of-those (None stays None)."""
+    if x is None:
+        return None
+    if isinstance(x, dict):
+        return {k: _take(v, sel) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_take(v, sel) for v in x)
+    if hasattr(x, "detach"):  # torch tensor: keep it a tensor, on its device
+        import torch
+
+        return x[torch.as_tensor(sel, device=x.device)]
+    return np.asarray(x)[sel]
+
+
+def _put(dst, sel, src):
+    """dst[sel] = src for the same nested structures (dst made by _empty_like)."""
+    if dst is None:
+        return
+    if isinstance(dst, dict):
+        for k in dst:
+            _put(dst[k], sel, src[k])
+    elif isinstance(dst, (list, tuple)):
+        for d, s in zip(dst, src):
+            _put(d, sel, s)
+    elif hasattr(dst, "detach"):
+        import torch
+
+        dst[torch.as_tensor(sel, device=dst.device)] = src.to(dst.device)
+    else:
+        dst[sel] = np.asarray(src)
+
+
+def _empty_like(x, n: int):
+    if x is None:
+        return None
+    if isinstance(x, dict):
+        return {k: _empty_like(v, n) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_empty_like(v, n) for v in x]  # lists so _put can fill in place
+    if hasattr(x, "detach"):
+        return x.new_zeros((n, *x.shape[1:]))
+    a = np.asarray(x)
+    return np.zeros((n, *a.shape[1:]), dtype=a.dtype)
+
+
+def filter_and_replace(generate_fn, index, calibration, image_indices, max_attempts: int = 8) -> Replaced:
+    """Generate, filter, regenerate the rejected ones with attempt + 1, until all pass.
+
+    ``generate_fn(indices int64 [b], attempts int64 [b]) -> (pixels uint8 [b,128,128],
+    embeddings [b,D], extra)`` must be deterministic in (index, attempt); ``extra`` is None or an
+    array/tensor/dict/list of per-image rows (heatmaps, probabilities...) kept from the accepted
+    attempt. Raises MemorisationError if an image fails all ``max_attempts`` attempts.
+    """
+    idx = np.asarray(image_indices, dtype=np.int64).reshape(-1)
+    n = len(idx)
+    attempts = np.zeros(n, dtype=np.int64)
+    score = np.zeros(n, dtype=np.float32)
+    nearest = np.zeros(n, dtype=np.int64)
+    pixels = embeddings = extra = None
+    pending = np.arange(n)
+    rejected_scores = []
+    n_generated = 0
+    while len(pending):
+        px, emb, ex = generate_fn(idx[pending], attempts[pending].copy())
+        px = np.asarray(px)
+        emb_np = emb.detach().float().cpu().numpy() if hasattr(emb, "detach") else np.asarray(emb, dtype=np.float32)
+        if pixels is None:  # allocate the outputs from the first batch's shapes
+            pixels = np.zeros((n, *px.shape[1:]), dtype=np.uint8)
+            embeddings = np.zeros((n, emb_np.shape[1]), dtype=np.float32)
+            extra = _empty_like(ex, n)
+        n_generated += len(pending)
+        res = memorisation_filter(index, calibration, px, emb_np)
+        ok = np.flatnonzero(res.keep)
+        done = pending[ok]
+        pixels[done], embeddings[done] = px[ok], emb_np[ok]
+        _put(extra, done, _take(ex, ok))
+        score[done], nearest[done] = res.score[ok], res.nearest_index[ok]
+        bad = np.flatnonzero(~res.keep)
+        rejected_scores.append(res.score[bad])
+        if len(bad) and attempts[pending[bad]].max() + 1 >= max_attempts:
+            # Any rejected image at its last attempt fails the batch: nothing half-filtered is released.
+            last = bad[attempts[pending[bad]] + 1 >= max_attempts]
+            raise MemorisationError(
+                idx[pending[last]], res.score[last], index.image_ids[res.nearest_index[last].clip(min=0)], max_attempts
+            )
+        pending = pending[bad]
+        attempts[pending] += 1
+    if isinstance(extra, list):
+        extra = extra if not isinstance(ex, tuple) else tuple(extra)
+    rej = np.concatenate(rejected_scores) if rejected_scores else np.zeros(0, np.float32)
+    return Replaced(
+        pixels=pixels if pixels is not None else np.zeros((0, 128, 128), np.uint8),
+        embeddings=embeddings if embeddings is not None else np.zeros((0, index.embed_dim), np.float32),
+        extra=extra,
+        attempts=attempts,
+        score=score,
+        nearest_index=nearest,
+        nearest_patient=index.patient_ids[nearest.clip(min=0)],
+        n_rejected=int(len(rej)),
+        n_generated=int(n_generated),
+        rejected_scores=rej.astype(np.float32),
+    )
