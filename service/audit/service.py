@@ -42,6 +42,7 @@ def list_events(
     action: str | None = None,
     target_id: str | None = None,
     actor_id: uuid.UUID | None = None,
+    actor_name: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
     limit: int = 100,
@@ -54,6 +55,8 @@ def list_events(
         q = q.where(AuditEvent.target_id == target_id)
     if actor_id:
         q = q.where(AuditEvent.actor_id == actor_id)
+    if actor_name:
+        q = q.where(AuditEvent.actor_name == actor_name)
     if since:
         q = q.where(AuditEvent.at >= since)
     if until:
