@@ -69,3 +69,66 @@ def account_for_key(session: Session, *, plain_key: str) -> tuple[Account, ApiKe
     if key is None or key.revoked_at is not None:
         return None
     return key.account, key
+
+
+# ---------------------------------------------------------------- admin management (REST /v1/accounts)
+
+
+def get_account(session: Session, *, account_id: uuid.UUID, for_update: bool = False) -> Account:
+    q = select(Account).where(Account.id == account_id)
+    if for_update:
+        q = q.with_for_update().execution_options(populate_existing=True)
+    account = session.scalar(q)
+    if account is None:
+        raise NotFound("account not found")
+    return account
+
+
+def list_accounts(session: Session, *, role: Role | None = None) -> list[Account]:
+    q = select(Account).order_by(Account.created_at, Account.name)
+    if role is not None:
+        q = q.where(Account.role == role)
+    return list(session.scalars(q))
+
+
+def to_public(session: Session, account: Account) -> dict:
+    from service.datasets.service import images_committed  # datasets depend on accounts, not the reverse
+
+    keys = session.scalars(select(ApiKey).where(ApiKey.account_id == account.id).order_by(ApiKey.created_at))
+    return {
+        "id": account.id, "name": account.name, "role": account.role, "image_quota": account.image_quota,
+        "images_used": images_committed(session, account_id=account.id), "disabled": account.disabled,
+        "created_at": account.created_at,
+        "keys": [{"id": k.id, "prefix": k.prefix, "created_at": k.created_at, "revoked_at": k.revoked_at} for k in keys],
+    }
+
+
+def update_account(
+    session: Session, *, account_id: uuid.UUID, actor: Actor, image_quota: int | None = None, disabled: bool | None = None
+) -> Account:
+    account = get_account(session, account_id=account_id, for_update=True)
+    if disabled and account.id == actor.id:
+        # An admin locking themselves out is always a mistake; another admin can do it if meant.
+        raise Conflict("you cannot disable your own account", field="disabled", code="self_disable")
+    changes: dict = {}
+    if image_quota is not None and image_quota != account.image_quota:
+        changes["image_quota"] = {"from": account.image_quota, "to": image_quota}
+        account.image_quota = image_quota
+    if disabled is not None and disabled != account.disabled:
+        changes["disabled"] = {"from": account.disabled, "to": disabled}
+        account.disabled = disabled
+    if changes:
+        record(session, actor=actor, action="account.update", target_type="account", target_id=account.id,
+               details={"name": account.name, **changes})
+    return account
+
+
+def revoke_account_key(session: Session, *, account_id: uuid.UUID, key_id: uuid.UUID, actor: Actor) -> ApiKey:
+    key = session.scalar(
+        select(ApiKey).where(ApiKey.id == key_id, ApiKey.account_id == account_id).with_for_update()
+    )
+    if key is None:
+        raise NotFound("no such key on this account")
+    if key.revoked_at is not None:
+        raise Conflict("this key is already revoked", code="already_revoked")
+    return revoke_key(session, key_id=key.id, actor=actor)

@@ -1,0 +1,275 @@
+"""Datasets: requests (validation, quota, model choice, auto-approval), visibility, and the admin and
+owner actions that move a dataset through the transition table."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from service import queue, storage
+from service.accounts.models import Account, Role
+from service.audit.service import SYSTEM, Actor, record
+from service.datasets import transitions
+from service.datasets.models import Dataset, DatasetStatus
+from service.datasets.schemas import DatasetCreate
+from service.errors import ApiError, Forbidden, NotFound, Unprocessable
+from service.modelversions import service as models_service
+from service.modelversions.models import ModelStatus, ModelVersion
+from service.settings import get_settings
+
+log = logging.getLogger("xraysynth.datasets")
+
+S = DatasetStatus
+# Requests that will never produce images give their quota back.
+NOT_COUNTED = (S.rejected, S.cancelled)
+
+
+def release_prefix(dataset_id: uuid.UUID) -> str:
+    return f"datasets/{dataset_id}/"
+
+
+# ---------------------------------------------------------------- reading
+
+
+def to_public(session: Session, ds: Dataset) -> dict:
+    owner = session.get(Account, ds.account_id)
+    mv = session.get(ModelVersion, ds.model_version_id)
+    base = f"/v1/datasets/{ds.id}"
+    return {
+        "id": ds.id,
+        "status": ds.status,
+        "owner": {"id": owner.id, "name": owner.name},
+        "model": {"id": mv.id, "name": mv.name, "version": mv.version},
+        "conditions": ds.spec,
+        "total_images": ds.total_images,
+        "format": ds.format,
+        "heatmaps": ds.heatmaps,
+        "seed": ds.seed,
+        "purpose": ds.purpose,
+        "progress": {"done": ds.done_images, "total": ds.total_images},
+        "error": ds.error,
+        "progress_note": ds.progress_note,
+        "created_at": ds.created_at,
+        "updated_at": ds.updated_at,
+        "links": {"self": base, "card": f"{base}/card", "download": f"{base}/download"},
+    }
+
+
+def to_public_many(session: Session, datasets: Sequence[Dataset]) -> list[dict]:
+    # Load owners and models in two queries so to_public's session.get hits the identity map.
+    account_ids = {d.account_id for d in datasets}
+    model_ids = {d.model_version_id for d in datasets}
+    if account_ids:
+        list(session.scalars(select(Account).where(Account.id.in_(account_ids))))
+        list(session.scalars(select(ModelVersion).where(ModelVersion.id.in_(model_ids))))
+    return [to_public(session, d) for d in datasets]
+
+
+def list_datasets(
+    session: Session, *, account_id: uuid.UUID | None, status: DatasetStatus | None = None, limit: int = 100
+) -> list[Dataset]:
+    q = select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id).limit(limit)
+    if account_id is not None:
+        q = q.where(Dataset.account_id == account_id)
+    if status is not None:
+        q = q.where(Dataset.status == status)
+    return list(session.scalars(q))
+
+
+def get_visible(session: Session, *, dataset_id: uuid.UUID, account: Account, for_update: bool = False) -> Dataset:
+    """The dataset if the caller may see it. Someone else's dataset gets exactly the answer an unknown id
+    gets, so ids cannot be probed."""
+    q = select(Dataset).where(Dataset.id == dataset_id)
+    if for_update:
+        # Row lock: concurrent votes/cancels/worker updates serialise on the dataset.
+        q = q.with_for_update().execution_options(populate_existing=True)
+    ds = session.scalar(q)
+    if ds is None or (account.role != Role.admin and ds.account_id != account.id):
+        raise NotFound("dataset not found")
+    return ds
+
+
+def get_owned(session: Session, *, dataset_id: uuid.UUID, account: Account, for_update: bool = False) -> Dataset:
+    """For owner-only actions (cancel, download): admins see the dataset but may not act as its owner."""
+    ds = get_visible(session, dataset_id=dataset_id, account=account, for_update=for_update)
+    if ds.account_id != account.id:
+        raise Forbidden("only the researcher who requested this dataset can do this")
+    return ds
+
+
+def images_committed(session: Session, *, account_id: uuid.UUID) -> int:
+    q = select(func.coalesce(func.sum(Dataset.total_images), 0)).where(
+        Dataset.account_id == account_id, Dataset.status.not_in(NOT_COUNTED)
+    )
+    return int(session.scalar(q))
+
+
+def remaining_quota(session: Session, *, account: Account) -> int:
+    return max(0, account.image_quota - images_committed(session, account_id=account.id))
+
+
+# ---------------------------------------------------------------- requesting
+
+
+def _refuse(message: str, *, field: str, code: str) -> Unprocessable:
+    return Unprocessable(message, field=field, code=code)
+
+
+def choose_model(session: Session, *, data: DatasetCreate, min_patients: int) -> ModelVersion:
+    """The requested model (checked against the release policy), or the newest published one that offers
+    every requested condition."""
+    published = models_service.list_models(session, statuses=[ModelStatus.published])
+    known = {c for m in published for c in (m.conditions or [])}
+
+    if data.model is not None:
+        mv = models_service.resolve_model(session, ref=data.model)
+        if mv is None or mv.status == ModelStatus.draft:
+            raise _refuse(f"unknown model {data.model!r}; see GET /v1/models", field="model", code="unknown_model")
+        if mv.status == ModelStatus.retired:
+            raise _refuse(f"model {mv.name}:{mv.version} is retired; see GET /v1/models", field="model", code="model_retired")
+        for cond in data.conditions:
+            ok, reason = models_service.availability(mv, cond, min_patients=min_patients)
+            if ok:
+                continue
+            if cond not in known and cond not in (mv.conditions or []):
+                raise _refuse(f"unknown condition {cond!r}; see GET /v1/conditions", field=f"conditions.{cond}", code="unknown_condition")
+            code = "condition_not_offered" if cond not in (mv.conditions or []) else "condition_unavailable"
+            raise _refuse(reason, field=f"conditions.{cond}", code=code)
+        return mv
+
+    for cond in data.conditions:
+        if cond not in known:
+            raise _refuse(f"unknown condition {cond!r}; see GET /v1/conditions", field=f"conditions.{cond}", code="unknown_condition")
+        verdicts = [models_service.availability(m, cond, min_patients=min_patients) for m in published if cond in m.conditions]
+        if not any(ok for ok, _ in verdicts):
+            raise _refuse(verdicts[0][1], field=f"conditions.{cond}", code="condition_unavailable")
+    for mv in published:  # newest first
+        if all(models_service.availability(mv, c, min_patients=min_patients)[0] for c in data.conditions):
+            return mv
+    raise _refuse(
+        "no single published model offers all of " + ", ".join(sorted(data.conditions))
+        + "; request them separately or name a model",
+        field="conditions",
+        code="no_model_for_conditions",
+    )
+
+
+def create_dataset(session: Session, *, account: Account, actor: Actor, data: DatasetCreate) -> tuple[Dataset, bool]:
+    """Validate a request and store it as pending_review. Returns (dataset, auto_approved). Every refusal is
+    raised before the first write, so a 4xx leaves the database untouched."""
+    settings = get_settings()
+    # Lock the account: two concurrent requests cannot both spend the same remaining quota.
+    session.execute(select(Account.id).where(Account.id == account.id).with_for_update())
+    mv = choose_model(session, data=data, min_patients=settings.min_training_patients)
+
+    total = sum(data.conditions.values())
+    if total > settings.max_images_per_request:
+        raise _refuse(
+            f"{total} images requested; at most {settings.max_images_per_request} per request",
+            field="conditions", code="too_many_images",
+        )
+    remaining = remaining_quota(session, account=account)
+    if total > remaining:
+        raise _refuse(
+            f"{total} images requested but only {remaining} of your quota of {account.image_quota} remain",
+            field="conditions", code="quota_exceeded",
+        )
+
+    # The model's condition order fixes the image order the worker generates (docs/architecture.md).
+    order = {c: i for i, c in enumerate(mv.conditions)}
+    spec = {c: data.conditions[c] for c in sorted(data.conditions, key=lambda c: order[c])}
+    ds = Dataset(
+        account_id=account.id,
+        model_version_id=mv.id,
+        spec=spec,
+        total_images=total,
+        format=data.format,
+        heatmaps=data.heatmaps,
+        seed=data.seed if data.seed is not None else secrets.randbits(63),
+        purpose=data.purpose,
+        status=S.pending_review,
+        done_images=0,
+    )
+    session.add(ds)
+    session.flush()
+    record(session, actor=actor, action="dataset.request", target_type="dataset", target_id=ds.id,
+           details={"model": f"{mv.name}:{mv.version}", "conditions": spec, "total_images": total,
+                    "format": ds.format.value, "heatmaps": ds.heatmaps, "seed": ds.seed})
+
+    auto_max = settings.auto_approve_max_images
+    if 0 < auto_max and total <= auto_max:
+        transitions.transition(session, ds, S.approved, actor=SYSTEM,
+                               details={"policy": "auto_approve", "auto_approve_max_images": auto_max})
+        return ds, True
+    return ds, False
+
+
+# ---------------------------------------------------------------- actions
+
+
+def commit_and_enqueue(session: Session, *, dataset_id: uuid.UUID) -> bool:
+    """Commit the approval first (a worker must find the dataset approved), then send the task by name.
+    A broker outage does not undo the approval: the worker's sweeper enqueues approved datasets that
+    have no work."""
+    session.commit()
+    try:
+        task_id = queue.enqueue_generation(dataset_id)
+    except Exception as exc:
+        log.warning("dataset %s is approved but generation could not be enqueued (%s); "
+                    "the worker's sweeper will pick it up", dataset_id, type(exc).__name__)
+        return False
+    log.info("dataset %s: generation enqueued (task %s)", dataset_id, task_id)
+    return True
+
+
+def cancel(session: Session, *, dataset_id: uuid.UUID, account: Account, reason: str | None = None) -> Dataset:
+    ds = get_owned(session, dataset_id=dataset_id, account=account, for_update=True)
+    transitions.transition(session, ds, S.cancelled, actor=_actor(account), reason=reason)
+    return ds
+
+
+def retry(session: Session, *, dataset_id: uuid.UUID, actor: Actor, note: str | None = None) -> Dataset:
+    ds = _lock(session, dataset_id=dataset_id)
+    transitions.transition(session, ds, S.approved, actor=actor, reason=note)
+    return ds
+
+
+def revoke(session: Session, *, dataset_id: uuid.UUID, actor: Actor, reason: str) -> Dataset:
+    """ready → revoked, deleting every released object so URLs issued earlier stop working.
+
+    Objects are deleted before the status change commits: if storage fails nothing changes and the admin
+    can simply retry; the reverse order could leave a 'revoked' dataset whose files still download.
+    """
+    ds = _lock(session, dataset_id=dataset_id)
+    if not transitions.allowed(ds.status, S.revoked, actor.role):
+        raise transitions.InvalidTransition(f"dataset is {ds.status.value}; it cannot become revoked")
+    try:
+        deleted = storage.delete_prefix(get_settings().release_bucket, release_prefix(ds.id))
+    except Exception as exc:
+        log.error("revoking dataset %s: deleting its objects failed (%s)", ds.id, type(exc).__name__)
+        raise ApiError("object storage is unavailable; nothing was changed, try again",
+                       status_code=503, code="storage_unavailable") from None
+    transitions.transition(session, ds, S.revoked, actor=actor, reason=reason, details={"objects_deleted": deleted})
+    return ds
+
+
+def _lock(session: Session, *, dataset_id: uuid.UUID) -> Dataset:
+    ds = session.scalar(
+        select(Dataset).where(Dataset.id == dataset_id).with_for_update().execution_options(populate_existing=True)
+    )
+    if ds is None:
+        raise NotFound("dataset not found")
+    return ds
+
+
+def lock(session: Session, *, dataset_id: uuid.UUID) -> Dataset:
+    return _lock(session, dataset_id=dataset_id)
+
+
+def _actor(account: Account) -> Actor:
+    return Actor(id=account.id, name=account.name, role=account.role.value)

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Body, Query
+
+from service.datasets import release, service
+from service.datasets.models import DatasetStatus
+from service.datasets.schemas import (
+    CancelRequest,
+    DatasetCreate,
+    DatasetList,
+    DatasetPublic,
+    DownloadManifest,
+    RetryRequest,
+    RevokeRequest,
+)
+from service.deps import AdminDep, CallerDep, ResearcherDep, SessionDep
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+
+@router.post("", status_code=202, response_model=DatasetPublic, summary="Request a synthetic dataset (goes to review)")
+def create_dataset(data: DatasetCreate, session: SessionDep, caller: ResearcherDep):
+    ds, auto_approved = service.create_dataset(session, account=caller.account, actor=caller.actor, data=data)
+    if auto_approved:
+        service.commit_and_enqueue(session, dataset_id=ds.id)
+    return service.to_public(session, ds)
+
+
+@router.get("", response_model=DatasetList, summary="Your datasets (admins: everyone's)")
+def list_datasets(
+    session: SessionDep,
+    caller: CallerDep,
+    status: DatasetStatus | None = None,
+    limit: int = Query(100, ge=1, le=500),
+):
+    account_id = None if caller.is_admin else caller.account.id
+    datasets = service.list_datasets(session, account_id=account_id, status=status, limit=limit)
+    return {"datasets": service.to_public_many(session, datasets)}
+
+
+@router.get("/{dataset_id}", response_model=DatasetPublic, summary="Status and progress of one dataset")
+def get_dataset(dataset_id: uuid.UUID, session: SessionDep, caller: CallerDep):
+    return service.to_public(session, service.get_visible(session, dataset_id=dataset_id, account=caller.account))
+
+
+@router.post("/{dataset_id}/cancel", response_model=DatasetPublic, summary="Cancel your request (before it is ready)")
+def cancel_dataset(dataset_id: uuid.UUID, session: SessionDep, caller: CallerDep, body: CancelRequest | None = Body(None)):
+    ds = service.cancel(session, dataset_id=dataset_id, account=caller.account, reason=body.reason if body else None)
+    return service.to_public(session, ds)
+
+
+@router.get("/{dataset_id}/download", response_model=DownloadManifest, summary="Signed URLs for every file of a ready dataset")
+def download(
+    dataset_id: uuid.UUID,
+    session: SessionDep,
+    caller: CallerDep,
+    expires_in: int | None = Query(None, description="seconds the URLs stay valid (default 1 h, at most 7 days)"),
+):
+    ds = service.get_owned(session, dataset_id=dataset_id, account=caller.account)
+    return release.download_manifest(session, dataset=ds, actor=caller.actor, expires_in=expires_in)
+
+
+@router.get("/{dataset_id}/card", summary="Dataset card (provisional until the release is published)")
+def card(dataset_id: uuid.UUID, session: SessionDep, caller: CallerDep) -> dict:
+    ds = service.get_visible(session, dataset_id=dataset_id, account=caller.account)
+    return release.dataset_card(session, dataset=ds, viewer=caller.account)
+
+
+@router.post("/{dataset_id}/revoke", response_model=DatasetPublic, summary="Revoke a release: its files are deleted")
+def revoke(dataset_id: uuid.UUID, body: RevokeRequest, session: SessionDep, caller: AdminDep):
+    ds = service.revoke(session, dataset_id=dataset_id, actor=caller.actor, reason=body.reason)
+    return service.to_public(session, ds)
+
+
+@router.post("/{dataset_id}/retry", response_model=DatasetPublic, summary="Retry a failed generation (resumes finished shards)")
+def retry(dataset_id: uuid.UUID, session: SessionDep, caller: AdminDep, body: RetryRequest | None = Body(None)):
+    ds = service.retry(session, dataset_id=dataset_id, actor=caller.actor, note=body.note if body else None)
+    service.commit_and_enqueue(session, dataset_id=ds.id)
+    return service.to_public(session, ds)

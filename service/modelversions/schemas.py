@@ -1,0 +1,99 @@
+"""Public shapes of generator versions and the condition catalogue (aggregates only: never object keys)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.modelversions.models import ModelStatus
+
+
+class ModelRef(BaseModel):
+    id: uuid.UUID
+    name: str
+    version: str
+
+
+class ConditionOffer(BaseModel):
+    name: str
+    patients: int | None
+    available: bool
+    reason: str | None = None
+
+
+class MemorisationSummary(BaseModel):
+    threshold: float | None = None
+    same_patient_catch_rate: float | None = None
+    different_patient_flag_rate: float | None = None
+    targets_met: bool | None = None
+    target_catch_rate: float | None = None
+    target_flag_rate: float | None = None
+
+
+class DifferentialPrivacy(BaseModel):
+    epsilon: float
+    delta: float | None = None
+
+
+class MembershipInferenceSummary(BaseModel):
+    target: float | None = None
+    target_met: bool | None = None
+    aucs: dict[str, float]
+
+
+class PrivacySummary(BaseModel):
+    memorisation_filter: MemorisationSummary | None
+    differential_privacy: DifferentialPrivacy | None
+    membership_inference: MembershipInferenceSummary | None
+
+
+class ModelPublic(BaseModel):
+    id: uuid.UUID
+    name: str
+    version: str
+    architecture: str
+    image_size: int
+    status: ModelStatus
+    created_at: datetime
+    published_at: datetime | None
+    training_fingerprint: str
+    conditions: list[ConditionOffer]
+    metrics: dict
+    privacy: PrivacySummary
+    card: dict
+    # Admins only (None for researchers): why this version cannot be published yet.
+    publish_blockers: list[str] | None = None
+
+
+class ModelList(BaseModel):
+    models: list[ModelPublic]
+
+
+class ConditionModelOffer(ModelRef):
+    patients: int | None
+    available: bool
+    reason: str | None = None
+
+
+class ConditionPublic(BaseModel):
+    name: str
+    available: bool
+    reason: str | None = None
+    models: list[ConditionModelOffer]
+
+
+class ConditionList(BaseModel):
+    min_training_patients: int
+    conditions: list[ConditionPublic]
+
+
+class ModelTransition(BaseModel):
+    """Optional body of publish/retire: a note for the audit log."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"note": "evaluation signed off by the ML lead on 2026-11-20"}]},
+    )
+    note: str | None = Field(None, max_length=500)
