@@ -1,0 +1,170 @@
+"""Who is working on what, in Redis (the broker), so the sweeper can tell live work from lost work.
+
+* lease ``xraysynth:lease:<job>`` — held by the worker running a job, with a TTL refreshed by a
+  background thread; a killed worker's lease simply expires.
+* queued marker ``xraysynth:queued:<job>`` — set when a task message is sent, cleared when a worker
+  starts it; a job that is neither queued nor leased (and not done) has been lost.
+* start counter ``xraysynth:starts:<job>`` — a shard whose worker dies every time is failed, not
+  re-run forever.
+
+A job is "shard:<dataset>:<index>", "plan:<dataset>" or "finalise:<dataset>". The database stays the
+source of truth for what is *done*; these keys only say what is in flight.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+from functools import lru_cache
+
+import redis
+
+from workers.config import VISIBILITY_TIMEOUT_S, worker_settings
+
+PREFIX = "xraysynth:"
+STARTS_TTL_S = 7 * 24 * 3600
+
+# Delete the lease only if we still own it (it may have expired and been taken by another worker).
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+_REFRESH = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+
+
+@lru_cache
+def _client(pid: int) -> redis.Redis:  # one client per process: connections must not cross a fork
+    from service.settings import get_settings
+
+    return redis.Redis.from_url(get_settings().broker_url, socket_timeout=5, socket_connect_timeout=5)
+
+
+def client() -> redis.Redis:
+    return _client(os.getpid())
+
+
+def shard_job(dataset_id, index: int) -> str:
+    return f"shard:{dataset_id}:{index}"
+
+
+def plan_job(dataset_id) -> str:
+    return f"plan:{dataset_id}"
+
+
+def finalise_job(dataset_id) -> str:
+    return f"finalise:{dataset_id}"
+
+
+def owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+# -- queued markers ---------------------------------------------------------------------------
+
+def mark_queued(*jobs: str) -> None:
+    if not jobs:
+        return
+    pipe = client().pipeline(transaction=False)
+    for job in jobs:
+        # Outlives any message the broker still holds: redelivery of an unacked message takes this long.
+        pipe.set(PREFIX + "queued:" + job, "1", ex=VISIBILITY_TIMEOUT_S)
+    pipe.execute()
+
+
+def clear_queued(job: str) -> None:
+    client().delete(PREFIX + "queued:" + job)
+
+
+def queued(jobs: list[str]) -> list[bool]:
+    if not jobs:
+        return []
+    return [v is not None for v in client().mget([PREFIX + "queued:" + j for j in jobs])]
+
+
+# -- leases -----------------------------------------------------------------------------------
+
+def leased(jobs: list[str]) -> list[bool]:
+    if not jobs:
+        return []
+    return [v is not None for v in client().mget([PREFIX + "lease:" + j for j in jobs])]
+
+
+def count_start(job: str) -> int:
+    key = PREFIX + "starts:" + job
+    pipe = client().pipeline()
+    pipe.incr(key)
+    pipe.expire(key, STARTS_TTL_S)
+    return int(pipe.execute()[0])
+
+
+def starts(jobs: list[str]) -> list[int]:
+    if not jobs:
+        return []
+    return [int(v or 0) for v in client().mget([PREFIX + "starts:" + j for j in jobs])]
+
+
+def reset_starts(*jobs: str) -> None:
+    if jobs:
+        client().delete(*[PREFIX + "starts:" + j for j in jobs])
+
+
+class Lease:
+    """``with Lease(job) as lease: if lease.held: ...`` — refreshed in a daemon thread while held."""
+
+    def __init__(self, job: str, ttl_s: float | None = None):
+        self.job = job
+        self.key = PREFIX + "lease:" + job
+        self.ttl_ms = int(1000 * (ttl_s or worker_settings().lease_ttl_s))
+        self.owner = owner_id()
+        self.held = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> bool:
+        self.held = bool(client().set(self.key, self.owner, nx=True, px=self.ttl_ms))
+        if self.held:
+            self._thread = threading.Thread(target=self._refresh, name=f"lease-{self.job}", daemon=True)
+            self._thread.start()
+        return self.held
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(self.ttl_ms / 3000):
+            try:
+                if not client().eval(_REFRESH, 1, self.key, self.owner, self.ttl_ms):
+                    return  # lost it (expired during a long pause); the DB commit still decides
+            except redis.RedisError:
+                pass  # the broker blinked; try again next tick
+
+    def release(self) -> None:
+        self._stop.set()
+        if self.held:
+            try:
+                client().eval(_RELEASE, 1, self.key, self.owner)
+            except redis.RedisError:
+                pass  # it expires on its own
+        self.held = False
+
+    def __enter__(self) -> "Lease":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def confirm_lost(jobs: list[str], interval_s: float) -> list[str]:
+    """The jobs that were already suspected lost at the previous sweep; the others become suspects."""
+    if not jobs:
+        return []
+    pipe = client().pipeline(transaction=False)
+    for job in jobs:
+        pipe.set(PREFIX + "suspect:" + job, "1", nx=True, px=int(2500 * interval_s))
+    fresh = pipe.execute()
+    confirmed = [job for job, new in zip(jobs, fresh) if not new]
+    if confirmed:
+        client().delete(*[PREFIX + "suspect:" + j for j in confirmed])
+    return confirmed
+
+
+def try_singleton(name: str, ttl_s: float) -> bool:
+    """At most one holder per ttl across all workers (the sweeper runs once per interval, cluster-wide)."""
+    return bool(client().set(PREFIX + "once:" + name, owner_id(), nx=True, px=int(ttl_s * 1000)))
