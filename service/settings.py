@@ -82,10 +82,12 @@ class Settings(BaseSettings):
         problems = []
         if self.api_key_pepper == DEV_API_KEY_PEPPER or len(self.api_key_pepper) < 16:
             problems.append("XRAYSYNTH_API_KEY_PEPPER is the development default or shorter than 16 characters")
-        if not self.s3_access_key_id or not self.s3_secret_access_key:
-            problems.append("the S3 store has no credentials (XRAYSYNTH_S3_ACCESS_KEY_ID / _SECRET_ACCESS_KEY)")
-        elif (self.s3_access_key_id, self.s3_secret_access_key) == (DEV_S3_ACCESS_KEY, DEV_S3_SECRET_KEY):
-            problems.append("the S3 credentials are the development defaults")
+        # Name each variable to set: the message is all an operator sees when the service refuses.
+        empty = [f"XRAYSYNTH_{name.upper()}" for name in ("s3_access_key_id", "s3_secret_access_key") if not getattr(self, name)]
+        if empty:
+            problems.append(f"the S3 store has no credentials ({' and '.join(empty)} empty)")
+        elif self.s3_access_key_id == DEV_S3_ACCESS_KEY or self.s3_secret_access_key == DEV_S3_SECRET_KEY:
+            problems.append("XRAYSYNTH_S3_ACCESS_KEY_ID / XRAYSYNTH_S3_SECRET_ACCESS_KEY are the development defaults")
         if problems:
             raise ValueError(f"refusing to start in {self.environment}: " + "; ".join(problems))
         return self
