@@ -1,0 +1,518 @@
+"""`xraysynth run`: the whole service on one box, with nothing to install beyond this package.
+
+Uses what the machine already runs (PostgreSQL, Redis on their default local ports) and falls back to
+what needs no server (SQLite, Celery's folder broker, in-memory rate limits). S3 is always an embedded
+SeaweedFS with credentials generated once and kept in the var dir. The API and one worker run as
+child processes with the same XRAYSYNTH_* environment; Ctrl-C (or SIGTERM) stops every one of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from service.embedded import ServerProcess, free_port, port_open, start_seaweedfs
+
+console = Console()
+
+DEFAULT_API_PORT = 8000
+DEFAULT_S3_PORT = 8333
+LOCAL_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/xraysynth"
+LOCAL_REDIS = "redis://127.0.0.1:6379"
+ADMIN_NAME, RESEARCHER_NAME = "local-admin", "local-researcher"
+STOP_GRACE_S = 15
+
+
+class Stop(Exception):
+    """Raised by the signal handler so that whatever is running unwinds into the cleanup."""
+
+
+# --------------------------------------------------------------------------------------------- files
+
+
+def write_private_json(path: Path, data: dict) -> None:
+    """Write a file only this user can read (created 0600, then atomically moved into place)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def load_secrets(var_dir: Path) -> dict:
+    """S3 credentials and the key pepper, generated on the first run and reused after (keys stay valid)."""
+    path = var_dir / "secrets.json"
+    data = read_json(path)
+    wanted = {
+        "s3_access_key_id": lambda: "xraysynth-" + secrets.token_hex(6),
+        "s3_secret_access_key": lambda: secrets.token_urlsafe(32),
+        "api_key_pepper": lambda: secrets.token_urlsafe(32),
+    }
+    if not all(data.get(k) for k in wanted):
+        data = {k: data.get(k) or make() for k, make in wanted.items()}
+        write_private_json(path, data)
+    else:
+        os.chmod(path, 0o600)
+    return data
+
+
+# ------------------------------------------------------------------------------------- choose backends
+
+
+@dataclass
+class Choice:
+    env: dict[str, str]
+    label: str
+
+
+def _postgres_database(url: str) -> None:
+    """Connect to the database, creating it first if the server says it does not exist."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    params = dict(host=u.host, port=u.port or 5432, user=u.username, password=u.password, connect_timeout=3)
+    try:
+        psycopg.connect(dbname=u.database, **params).close()
+    except psycopg.OperationalError as exc:
+        if "does not exist" not in str(exc):
+            raise
+        with psycopg.connect(dbname="postgres", autocommit=True, **params) as conn:
+            conn.execute(f'CREATE DATABASE "{u.database}"')
+
+
+def choose_database(var_dir: Path, embedded: bool) -> Choice:
+    if os.environ.get("XRAYSYNTH_DATABASE_URL"):
+        return Choice({}, "configured (XRAYSYNTH_DATABASE_URL)")
+    why = "--embedded"
+    if not embedded:
+        why = "no PostgreSQL on 127.0.0.1:5432"
+        if port_open("127.0.0.1", 5432):
+            try:
+                _postgres_database(LOCAL_PG_URL)
+                return Choice({"XRAYSYNTH_DATABASE_URL": LOCAL_PG_URL}, "local PostgreSQL (database xraysynth)")
+            except Exception as exc:  # reachable but unusable (auth, permissions): say so, fall back
+                why = f"local PostgreSQL unusable: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+    url = f"sqlite:///{(var_dir / 'xraysynth.db').resolve()}"
+    return Choice({"XRAYSYNTH_DATABASE_URL": url}, f"embedded SQLite {var_dir / 'xraysynth.db'} (fallback: {why})")
+
+
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2).ping())
+    except Exception:
+        return False
+
+
+def choose_broker(var_dir: Path, embedded: bool) -> Choice:
+    configured = os.environ.get("XRAYSYNTH_BROKER_URL")
+    if configured:
+        env = {}
+        if configured.startswith("filesystem://"):  # a folder broker needs no server, but an absolute folder
+            env["XRAYSYNTH_BROKER_FOLDER"] = os.environ.get("XRAYSYNTH_BROKER_FOLDER") or str((var_dir / "broker").resolve())
+            env["XRAYSYNTH_RATE_LIMIT_STORAGE_URL"] = os.environ.get("XRAYSYNTH_RATE_LIMIT_STORAGE_URL") or "memory://"
+        return Choice(env, f"configured (XRAYSYNTH_BROKER_URL={configured.split('@')[-1]})")
+    why = "--embedded"
+    if not embedded:
+        why = "no Redis answering on 127.0.0.1:6379"
+        if port_open("127.0.0.1", 6379) and _redis_answers(LOCAL_REDIS + "/0"):
+            return Choice(
+                {"XRAYSYNTH_BROKER_URL": LOCAL_REDIS + "/0", "XRAYSYNTH_RATE_LIMIT_STORAGE_URL": LOCAL_REDIS + "/1"},
+                "local Redis 127.0.0.1:6379 (broker db 0, rate limits db 1)",
+            )
+    folder = (var_dir / "broker").resolve()
+    return Choice(
+        {"XRAYSYNTH_BROKER_URL": "filesystem://", "XRAYSYNTH_BROKER_FOLDER": str(folder),
+         "XRAYSYNTH_RATE_LIMIT_STORAGE_URL": "memory://"},
+        f"embedded folder broker {var_dir / 'broker'} + in-memory rate limits (fallback: {why})",
+    )
+
+
+def apply_env(env: dict[str, str]) -> None:
+    """Point this process's settings at the chosen backends (the children get the same variables)."""
+    from service import db, deps, queue, storage
+
+    os.environ.update(env)
+    db.reset_caches()
+    storage.reset_clients()
+    deps.reset_limiter()
+    queue.client.cache_clear()
+
+
+# ------------------------------------------------------------------------------------------- accounts
+
+
+@dataclass
+class RunKey:
+    role: str
+    account: str
+    key: str | None  # None: an existing key we cannot show again (outside development)
+    prefix: str
+
+
+def ensure_accounts(var_dir: Path, *, development: bool) -> list[RunKey]:
+    """An admin and a researcher with working keys. In development the plain keys are kept in
+    var/run-keys.json (0600) so a second run shows the same ones; elsewhere a key is shown only once."""
+    from sqlalchemy import select
+
+    from service.accounts.models import ApiKey, Role
+    from service.accounts.service import account_for_key, create_account, create_key, get_by_name
+    from service.cli.ops import cli_actor
+    from service.db import session_scope
+
+    path = var_dir / "run-keys.json"
+    stored = read_json(path) if development else {}
+    actor = cli_actor()
+    out: list[RunKey] = []
+    with session_scope() as session:
+        for role, name in ((Role.admin, ADMIN_NAME), (Role.researcher, RESEARCHER_NAME)):
+            account = get_by_name(session, name=name) or create_account(session, name=name, role=role, actor=actor)
+            if account.role != role:
+                raise RuntimeError(f"account {name!r} exists with role {account.role.value}; expected {role.value}")
+            plain = (stored.get(role.value) or {}).get("key")
+            found = account_for_key(session, plain_key=plain) if plain else None
+            if found and found[0].id == account.id:
+                out.append(RunKey(role.value, name, plain, found[1].prefix))
+                continue
+            active = session.scalars(
+                select(ApiKey).where(ApiKey.account_id == account.id, ApiKey.revoked_at.is_(None))
+            ).first()
+            if active is not None and not development:
+                out.append(RunKey(role.value, name, None, active.prefix))
+                continue
+            key, plain = create_key(session, account=account, actor=actor)
+            out.append(RunKey(role.value, name, plain, key.prefix))
+    if development:
+        write_private_json(path, {k.role: {"account": k.account, "key": k.key, "prefix": k.prefix} for k in out})
+    return out
+
+
+# ------------------------------------------------------------------------------------------- children
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if `xraysynth run` itself is killed without a chance to clean up."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen
+    log_path: Path
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def signal_group(self, sig: int) -> None:
+        # Each child leads its own process group (start_new_session): this reaches its own
+        # children too (a prefork pool, uvicorn workers) and nothing else.
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def tail(self, n: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Child:
+    log_path = log_dir / f"{name}.log"
+    log = open(log_path, "ab")
+    proc = subprocess.Popen(
+        args, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        start_new_session=True, preexec_fn=_die_with_parent,
+    )
+    log.close()
+    return Child(name, proc, log_path)
+
+
+@dataclass
+class Supervisor:
+    children: list[Child] = field(default_factory=list)
+    s3: ServerProcess | None = None
+    stopping: bool = False
+    force: bool = False
+
+    deferred: int | None = None
+    _critical: int = 0
+
+    def on_signal(self, signum, _frame) -> None:
+        if self.stopping:
+            self.force = True  # a second Ctrl-C: stop waiting politely
+            return
+        if self._critical:
+            self.deferred = signum  # mid-spawn: raise once the process is on the list we clean up
+            return
+        self.stopping = True
+        raise Stop(signal.Signals(signum).name)
+
+    @contextmanager
+    def critical(self):
+        self._critical += 1
+        try:
+            yield
+        finally:
+            self._critical -= 1
+        if not self._critical and self.deferred is not None:
+            self.on_signal(self.deferred, None)
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, self.on_signal)
+
+    def stop_all(self) -> None:
+        self.stopping = True
+        for child in reversed(self.children):
+            if child.alive():
+                child.signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for child in reversed(self.children):
+            while child.alive() and time.monotonic() < deadline and not self.force:
+                time.sleep(0.1)
+            if child.alive():
+                why = "second signal" if self.force else f"still running after {STOP_GRACE_S}s"
+                console.print(f"[yellow]{child.name}: {why}; killing it[/]")
+            child.signal_group(signal.SIGKILL)  # also reaps any grandchild left in its group
+            child.proc.wait()
+        if self.s3 is not None:
+            self.s3.stop()
+            try:
+                os.killpg(self.s3.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def wait_healthy(url: str, sup: Supervisor, timeout: float = 90) -> dict:
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        for child in sup.children:
+            if not child.alive():
+                raise RuntimeError(f"{child.name} exited (code {child.proc.returncode}) while starting:\n{child.tail()}")
+        try:
+            r = httpx.get(url, timeout=2)
+            if r.status_code == 200:
+                return r.json()
+            last = r.text
+        except httpx.HTTPError as exc:
+            last = type(exc).__name__
+        time.sleep(0.3)
+    raise RuntimeError(f"the API was not healthy within {timeout:.0f}s: {last}")
+
+
+# ---------------------------------------------------------------------------------------------- summary
+
+
+def print_summary(*, api: str, s3: str, labels: dict[str, str], keys: list[RunKey], var_dir: Path,
+                  log_dir: Path, models_note: str | None, worker_note: str) -> None:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column()
+    table.add_row("API", api)
+    table.add_row("docs", f"{api}/docs")
+    table.add_row("S3", f"{s3}  (embedded SeaweedFS; credentials in {var_dir / 'secrets.json'})")
+    for part, label in labels.items():
+        table.add_row(part, label)
+    table.add_row("worker", worker_note)
+    if models_note:
+        table.add_row("models", models_note)
+    table.add_row("logs", str(log_dir))
+    for k in keys:
+        shown = k.key or f"[yellow]{k.prefix}… exists; a key is shown only when created (`xraysynth keys create`)[/]"
+        table.add_row(f"{k.role} key", f"[dim]{k.account}[/]")
+        table.add_row("", shown)
+    console.print(Panel(table, title="xraysynth is running", border_style="green", expand=False))
+
+    by_role = {k.role: (k.key or "<key>") for k in keys}
+    r, a = by_role.get("researcher", "<key>"), by_role.get("admin", "<key>")
+    examples = [
+        "# conditions on offer (from published models)",
+        f"curl -s {api}/v1/conditions -H 'Authorization: Bearer {r}'",
+        "# ask for a dataset (the condition must be offered by a published model)",
+        f"curl -s -X POST {api}/v1/datasets -H 'Authorization: Bearer {r}' -H 'Content-Type: application/json' "
+        "-d '{\"conditions\": {\"Effusion\": 64}, \"purpose\": \"trying xraysynth\"}'",
+        "# see it pending (DATASET_ID = the id in the answer above)",
+        f"curl -s {api}/v1/datasets/$DATASET_ID -H 'Authorization: Bearer {r}'",
+        "# the admin's review queue, then approve",
+        f"curl -s '{api}/v1/reviews?status=pending' -H 'Authorization: Bearer {a}'",
+        f"curl -s -X POST {api}/v1/datasets/$DATASET_ID/reviews -H 'Authorization: Bearer {a}' "
+        "-H 'Content-Type: application/json' -d '{\"decision\": \"approve\", \"reason\": \"fine for testing\"}'",
+        "# once ready: signed download URLs",
+        f"curl -s {api}/v1/datasets/$DATASET_ID/download -H 'Authorization: Bearer {r}'",
+    ]
+    console.rule("try it")
+    for line in examples:  # plain lines, never wrapped or boxed: they must paste into a shell intact
+        console.print(line, soft_wrap=True, markup=False, highlight=False, style="dim" if line.startswith("#") else None)
+    console.rule()
+    console.print("Ctrl-C stops everything started here.")
+
+
+# ------------------------------------------------------------------------------------------------- run
+
+
+def run_onebox(*, port: int | None, host: str, var_dir: Path, embedded: bool, bootstrap: bool, with_worker: bool) -> int:
+    from pydantic import ValidationError
+
+    from service.settings import get_settings
+
+    var_dir = var_dir.resolve()
+    var_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(var_dir, 0o700)  # secrets, keys and the SQLite database live here
+    log_dir = var_dir / "logs"
+    log_dir.mkdir(exist_ok=True)
+
+    if port is None:
+        port = DEFAULT_API_PORT if not port_open(host, DEFAULT_API_PORT) else free_port()
+    elif port_open(host, port):
+        console.print(f"[red]port {port} on {host} is in use; pick another with --port[/]")
+        return 1
+    s3_port = DEFAULT_S3_PORT if not port_open("127.0.0.1", DEFAULT_S3_PORT) else free_port()
+
+    sup = Supervisor()
+    sup.install()
+    try:
+        creds = load_secrets(var_dir)
+        env: dict[str, str] = {"XRAYSYNTH_ENVIRONMENT": os.environ.get("XRAYSYNTH_ENVIRONMENT", "development")}
+        db_choice, broker_choice = choose_database(var_dir, embedded), choose_broker(var_dir, embedded)
+        env.update(db_choice.env)
+        env.update(broker_choice.env)
+        if "XRAYSYNTH_BROKER_FOLDER" in env:  # kombu's folder transport expects its folders to exist
+            for folder in (env["XRAYSYNTH_BROKER_FOLDER"], env["XRAYSYNTH_BROKER_FOLDER"] + "-processed"):
+                Path(folder).mkdir(parents=True, exist_ok=True)
+        if not os.environ.get("XRAYSYNTH_API_KEY_PEPPER"):
+            env["XRAYSYNTH_API_KEY_PEPPER"] = creds["api_key_pepper"]
+        if not os.environ.get("XRAYSYNTH_TRAINSET_DIR"):
+            env["XRAYSYNTH_TRAINSET_DIR"] = str(var_dir / "trainset")
+
+        with console.status("starting the embedded S3 store (SeaweedFS)…"), sup.critical():
+            sup.s3 = start_seaweedfs(var_dir / "s3", access_key=creds["s3_access_key_id"],
+                                     secret_key=creds["s3_secret_access_key"], s3_port=s3_port)
+        env.update({
+            "XRAYSYNTH_S3_ENDPOINT_URL": sup.s3.endpoint,
+            "XRAYSYNTH_S3_PUBLIC_ENDPOINT_URL": sup.s3.endpoint,
+            "XRAYSYNTH_S3_ACCESS_KEY_ID": creds["s3_access_key_id"],
+            "XRAYSYNTH_S3_SECRET_ACCESS_KEY": creds["s3_secret_access_key"],
+        })
+        apply_env(env)
+        try:
+            settings = get_settings()
+        except ValidationError as exc:
+            console.print(f"[red]configuration refused:[/] {exc.errors()[0]['msg']}")
+            return 2
+
+        from service.migrate import upgrade
+        from service.storage import ensure_buckets
+
+        with console.status("migrating the database…"):
+            upgrade(settings.database_url)
+        ensure_buckets()
+
+        bootstrap_note = f"{published_models()} (bootstrap skipped: --no-bootstrap)"
+        if bootstrap:
+            from service.cli.hospital import bootstrap_default_model
+
+            try:
+                bootstrap_note = bootstrap_default_model(console)
+            except Exception as exc:  # the service is still useful without a model: say why, go on
+                bootstrap_note = f"[yellow]default model not bootstrapped: {type(exc).__name__}: {exc}[/]"
+                console.print(bootstrap_note)
+        keys = ensure_accounts(var_dir, development=settings.is_development)
+
+        child_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        with sup.critical():
+            sup.children.append(spawn("api", [
+                sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory", "--host", host,
+                "--port", str(port), "--log-level", "info",
+            ], child_env, log_dir))
+        worker_ok = with_worker and _worker_available()
+        worker_note = "1 Celery worker (solo pool)" if worker_ok else "[yellow]none (--no-worker)[/]"
+        if with_worker and not worker_ok:
+            worker_note = "[yellow]none: workers.main is not in this installation; requests wait in the queue[/]"
+        if worker_ok:
+            with sup.critical():
+                sup.children.append(spawn("worker", [
+                    sys.executable, "-c", "from service.cli import app; app(prog_name='xraysynth')",
+                    "worker", "--concurrency", "1", "--pool", "solo",
+                ], child_env, log_dir))
+
+        shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        api_url = f"http://{shown_host}:{port}"
+        with console.status(f"waiting for {api_url}/v1/health…"):
+            wait_healthy(f"{api_url}/v1/health", sup)
+        labels = {"database": db_choice.label, "broker": broker_choice.label}
+        print_summary(api=api_url, s3=sup.s3.endpoint, labels=labels, keys=keys, var_dir=var_dir,
+                      log_dir=log_dir, models_note=bootstrap_note, worker_note=worker_note)
+
+        while True:  # supervise until a signal (raises Stop) or a child dies
+            for child in sup.children:
+                if not child.alive():
+                    console.print(f"[red]{child.name} exited unexpectedly (code {child.proc.returncode}); "
+                                  f"stopping everything. Last lines of {child.log_path}:[/]\n{child.tail()}")
+                    return 1
+            if sup.s3.proc.poll() is not None:
+                console.print(f"[red]SeaweedFS exited unexpectedly; see {sup.s3.log_path}[/]")
+                return 1
+            time.sleep(0.5)
+    except (Stop, KeyboardInterrupt):
+        console.print("\n[bold]stopping…[/]")
+        return 0
+    except RuntimeError as exc:
+        console.print(f"[red]{exc}[/]")
+        return 1
+    finally:
+        sup.stop_all()
+        console.print(f"stopped: {', '.join(['s3'] + [c.name for c in sup.children])}" if sup.s3 else "stopped")
+
+
+def published_models() -> str:
+    from sqlalchemy import select
+
+    from service.db import session_scope
+    from service.modelversions.models import ModelStatus, ModelVersion
+
+    with session_scope() as session:
+        rows = session.execute(
+            select(ModelVersion.name, ModelVersion.version).where(ModelVersion.status == ModelStatus.published)
+        ).all()
+    return ", ".join(f"{n} {v}" for n, v in rows) + " published" if rows else "no published model"
+
+
+def _worker_available() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("workers.main") is not None
+    except ImportError:
+        return False
