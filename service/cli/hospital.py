@@ -1,7 +1,298 @@
+"""Hospital commands: `ingest`, `train`, `evaluate` (from models/cli.py) and `models` (register, publish,
+retire, list, bootstrap-default).
+
+models/cli.py imports torch only inside its commands, so mounting it is cheap; where models/ is not
+installed at all (the API image) those commands are simply absent.
+"""
+
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from service.cli.ops import cli_actor, settings_or_exit
+
+console = Console()
+err_console = Console(stderr=True)
+
+DEFAULT_MODEL_NAME = "cxr-dcgan"
+DEFAULT_MODEL_VERSION = "default"
+
+models_app = typer.Typer(help="Generator versions: register, publish, retire, list; bootstrap the shipped one.",
+                         no_args_is_help=True)
+
+
+class CommandError(RuntimeError):
+    """A refusal to show the user as one line (the commands exit 1; `run` prints it and goes on)."""
+
+
+def _fail(message: str) -> typer.Exit:
+    err_console.print(f"[red]{message}[/]")
+    return typer.Exit(1)
+
+
+def _resolve(session, ref: str):
+    from service.modelversions.service import resolve_model
+
+    mv = resolve_model(session, ref=ref)
+    if mv is None:
+        raise CommandError(f"no model version {ref!r} (give its id or name:version)")
+    return mv
+
+
+@models_app.command("list")
+def models_list(
+    include_all: Annotated[bool, typer.Option("--all", help="Include drafts and retired versions.")] = False,
+) -> None:
+    """Model versions, newest first, with what stands between a draft and publication."""
+    from service.db import session_scope
+    from service.modelversions.models import ModelStatus
+    from service.modelversions.service import list_models, publish_blockers
+
+    settings_or_exit()
+    statuses = list(ModelStatus) if include_all else [ModelStatus.published]
+    table = Table("id", "model", "status", "conditions", "DP ε", "privacy index", "published", "blockers")
+    with session_scope() as session:
+        for mv in list_models(session, statuses=statuses):
+            table.add_row(
+                str(mv.id), f"{mv.name}:{mv.version}", mv.status.value, str(len(mv.conditions or [])),
+                f"{mv.dp_epsilon:g}" if mv.dp_epsilon is not None else "—",
+                "yes" if mv.privacy_index_key else "[yellow]no[/]",
+                f"{mv.published_at:%Y-%m-%d %H:%M}" if mv.published_at else "",
+                "; ".join(publish_blockers(mv)) if mv.status == ModelStatus.draft else "",
+            )
+    console.print(table)
+
+
+@models_app.command("register")
+def models_register(
+    bundle: Annotated[Path, typer.Argument(help="bundle.pt written by training", exists=True, dir_okay=False)],
+    trainset: Annotated[Path, typer.Option(help="the training set it was trained on (folder written by ingest)",
+                                           exists=True, file_okay=False)],
+    version: Annotated[str, typer.Option(help="Version label, unique per name.")],
+    name: Annotated[str, typer.Option(help="Model name.")] = DEFAULT_MODEL_NAME,
+    publish: Annotated[bool, typer.Option("--publish", help="Publish straight after registering.")] = False,
+) -> None:
+    """Upload a checkpoint, build and calibrate its privacy index, and record a draft version."""
+    from models.trainset import load_trainset
+
+    settings_or_exit()
+    try:
+        mv_id = _register(bundle.read_bytes(), name=name, version=version, trainset=load_trainset(trainset))
+        console.print(f"[green]registered[/] {name}:{version} as draft ({mv_id})")
+        if publish:
+            _publish(str(mv_id), note="published at registration (CLI)")
+    except CommandError as exc:
+        raise _fail(str(exc)) from None
+
+
+@models_app.command("publish")
+def models_publish(
+    ref: Annotated[str, typer.Argument(help="id or name:version")],
+    note: Annotated[Optional[str], typer.Option(help="Reason, kept in the audit log.")] = None,
+) -> None:
+    """draft → published: researchers can request datasets from it (needs its privacy index)."""
+    settings_or_exit()
+    try:
+        _publish(ref, note=note)
+    except CommandError as exc:
+        raise _fail(str(exc)) from None
+
+
+@models_app.command("retire")
+def models_retire(
+    ref: Annotated[str, typer.Argument(help="id or name:version")],
+    note: Annotated[Optional[str], typer.Option(help="Reason, kept in the audit log.")] = None,
+) -> None:
+    """published → retired: no new requests; existing datasets keep their provenance."""
+    from service.db import session_scope
+    from service.errors import ApiError
+    from service.modelversions.service import retire
+
+    settings_or_exit()
+    try:
+        with session_scope() as session:
+            mv = retire(session, model_id=_resolve(session, ref).id, actor=cli_actor(), note=note)
+            label = f"{mv.name}:{mv.version}"
+    except (ApiError, CommandError) as exc:
+        raise _fail(getattr(exc, "message", str(exc))) from None
+    console.print(f"[green]retired[/] {label}")
+
+
+@models_app.command("bootstrap-default")
+def models_bootstrap_default() -> None:
+    """Register and publish the shipped default generator if no model is published yet."""
+    settings_or_exit()
+    try:
+        console.print(bootstrap_default_model(console))
+    except CommandError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _register(bundle_bytes: bytes, *, name: str, version: str, trainset) -> object:
+    from service.db import session_scope
+    from workers.model_store import register_model_version
+
+    with console.status(f"registering {name}:{version}: uploading, building and calibrating the privacy index…"):
+        try:
+            with session_scope() as session:
+                mv = register_model_version(session, bundle_bytes=bundle_bytes, name=name, version=version,
+                                            trainset=trainset, actor=cli_actor())
+                return mv.id
+        except ValueError as exc:
+            raise CommandError(f"cannot register {name}:{version}: {exc}") from None
+
+
+def _publish(ref: str, *, note: str | None) -> None:
+    from service.db import session_scope
+    from service.errors import ApiError
+    from service.modelversions.service import publish
+
+    try:
+        with session_scope() as session:
+            mv = publish(session, model_id=_resolve(session, ref).id, actor=cli_actor(), note=note)
+            label = f"{mv.name}:{mv.version}"
+    except ApiError as exc:
+        raise CommandError(f"cannot publish {ref}: {exc.message}") from None
+    console.print(f"[green]published[/] {label}")
+
+
+# ------------------------------------------------------------------------------- default model bootstrap
+
+
+def default_checkpoint_dir() -> Path:
+    import models
+
+    return Path(models.__file__).resolve().parent / "checkpoints" / "default"
+
+
+def _ensure_trainset(console: Console, settings) -> tuple[object | None, str | None]:
+    """The training set for the default model's privacy index: the one already in settings.trainset_dir,
+    or ingested there from the hospital data in settings.shared_data_dir. (None, why) if neither exists."""
+    from models.trainset import load_trainset
+
+    target = Path(settings.trainset_dir)
+    if (target / "trainset.json").exists():
+        return load_trainset(target), None
+    source = Path(settings.shared_data_dir)
+    labels = source / "labels.csv"
+    if not labels.exists():
+        return None, (f"no training data: neither {target}/trainset.json nor {labels} exists "
+                      "(set XRAYSYNTH_SHARED_DATA_DIR or XRAYSYNTH_TRAINSET_DIR)")
+    from models.ingest import ingest
+
+    console.print(f"ingesting the hospital data in {source} into {target} (for the privacy index)…")
+    report = ingest(source, labels, target, console=console)
+    if report.n_ingested == 0:
+        return None, f"no usable images in {source}"
+    return load_trainset(target), None
+
+
+def _register_draft_without_index(session, *, bundle_bytes: bytes, card: dict, name: str, version: str, why: str):
+    """Record the shipped model as a draft when its privacy index cannot be built here: an admin sees
+    it (and why) in `models list --all`; the publish rules refuse it until it is re-registered with data."""
+    import hashlib
+
+    from service import storage
+    from service.audit.service import record
+    from service.modelversions.models import ModelStatus, ModelVersion
+    from service.settings import get_settings
+
+    key = f"models/{name}/{version}/bundle.pt"
+    storage.put_bytes(get_settings().private_bucket, key, bundle_bytes)
+    td = card.get("training_data") if isinstance(card.get("training_data"), dict) else {}
+    mv = ModelVersion(
+        name=name, version=version,
+        architecture=str(card.get("architecture") or "conditional DCGAN")[:80],
+        image_size=int(card.get("image_size") or 128), conditions=list(card.get("conditions") or []),
+        checkpoint_key=key, checkpoint_sha256=hashlib.sha256(bundle_bytes).hexdigest(),
+        training_fingerprint=str(td.get("fingerprint") or card.get("trainset_fingerprint") or "unknown")[:64],
+        patients_per_condition=dict(td.get("patients_per_condition") or card.get("patients_per_condition") or {}),
+        metrics=card.get("metrics") or {}, card=card, status=ModelStatus.draft,
+    )
+    session.add(mv)
+    session.flush()
+    record(session, actor=cli_actor(), action="model.register", target_type="model_version", target_id=mv.id,
+           details={"name": name, "version": version, "privacy_index": None, "why": why})
+    return mv
+
+
+def bootstrap_default_model(console: Console) -> str:
+    """Make the shipped generator (models/checkpoints/default) available if nothing is published.
+
+    Returns a one-line summary for `xraysynth run`. Idempotent: a published model means nothing to do;
+    a draft left without a privacy index (no data last time) is replaced once the data is reachable.
+    """
+    from sqlalchemy import select
+
+    from service.db import session_scope
+    from service.modelversions.models import ModelStatus, ModelVersion
+    from service.modelversions.service import list_models
+    from service.settings import get_settings
+
+    settings = get_settings()
+    with session_scope() as session:
+        published = [f"{m.name}:{m.version}" for m in list_models(session, statuses=[ModelStatus.published])]
+    if published:
+        return f"published: {', '.join(published)}"
+
+    ckpt_dir = default_checkpoint_dir()
+    bundle_path, card_path = ckpt_dir / "bundle.pt", ckpt_dir / "card.json"
+    if not bundle_path.exists():
+        return f"[yellow]no published model, and no shipped default ({bundle_path} is missing): skipped[/]"
+    card = json.loads(card_path.read_text()) if card_path.exists() else {}
+    name = str(card.get("name") or DEFAULT_MODEL_NAME)
+    version = str(card.get("version") or DEFAULT_MODEL_VERSION)
+    bundle_bytes = bundle_path.read_bytes()
+
+    with session_scope() as session:
+        existing = session.scalar(select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version))
+        if existing is not None and existing.status == ModelStatus.retired:
+            return f"[yellow]{name}:{version} was retired by an admin; not re-publishing it[/]"
+        if existing is not None and existing.privacy_index_key:
+            existing_id = existing.id
+        else:
+            existing_id = None
+
+    if existing_id is None:
+        trainset, why = _ensure_trainset(console, settings)
+        with session_scope() as session:
+            stale = session.scalar(select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version))
+            if trainset is None:
+                if stale is None:
+                    _register_draft_without_index(session, bundle_bytes=bundle_bytes, card=card, name=name,
+                                                  version=version, why=why)
+                return f"[yellow]{name}:{version} is a draft, not published: {why}[/]"
+            if stale is not None:  # the index-less draft of an earlier run: replace it now that data exists
+                from service.audit.service import record
+
+                record(session, actor=cli_actor(), action="model.delete_draft", target_type="model_version",
+                       target_id=stale.id, details={"name": name, "version": version,
+                                                    "why": "replaced by a registration with a privacy index"})
+                session.delete(stale)
+                session.flush()
+        existing_id = _register(bundle_bytes, name=name, version=version, trainset=trainset)
+
+    _publish(str(existing_id), note="shipped default model (bootstrap)")
+    return f"published: {name}:{version} (shipped default)"
+
+
+def _mount_models_cli(app: typer.Typer) -> None:
+    try:
+        from models import cli as models_cli
+    except ImportError:  # the API image has no models/ package: no hospital ML commands there
+        return
+    app.command("ingest")(models_cli.ingest_command)
+    app.add_typer(models_cli.train_app, name="train")
+    app.command("evaluate")(models_cli.evaluate_command)
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root CLI."""
+    _mount_models_cli(app)
+    app.add_typer(models_app, name="models")
