@@ -46,7 +46,9 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-class _TooLarge(Exception):
+class _TooLarge(BaseException):
+    # BaseException, not Exception: FastAPI turns any Exception raised while it reads the body into a
+    # 400 "error parsing the body", which would hide the 413 for streamed (chunked) bodies.
     pass
 
 

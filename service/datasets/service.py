@@ -229,12 +229,16 @@ def commit_and_enqueue(session: Session, *, dataset_id: uuid.UUID) -> bool:
 
 def cancel(session: Session, *, dataset_id: uuid.UUID, account: Account, reason: str | None = None) -> Dataset:
     ds = get_owned(session, dataset_id=dataset_id, account=account, for_update=True)
+    _require_action(ds, S.cancelled, "cancel")
     transitions.transition(session, ds, S.cancelled, actor=_actor(account), reason=reason)
     return ds
 
 
 def retry(session: Session, *, dataset_id: uuid.UUID, actor: Actor, note: str | None = None) -> Dataset:
-    ds = _lock(session, dataset_id=dataset_id)
+    ds = lock(session, dataset_id=dataset_id)
+    # Only the table's "retry" (failed → approved): this route must never approve a pending request
+    # past its review, although pending → approved is in the table for the review policy.
+    _require_action(ds, S.approved, "retry")
     transitions.transition(session, ds, S.approved, actor=actor, reason=note)
     return ds
 
@@ -245,7 +249,8 @@ def revoke(session: Session, *, dataset_id: uuid.UUID, actor: Actor, reason: str
     Objects are deleted before the status change commits: if storage fails nothing changes and the admin
     can simply retry; the reverse order could leave a 'revoked' dataset whose files still download.
     """
-    ds = _lock(session, dataset_id=dataset_id)
+    ds = lock(session, dataset_id=dataset_id)
+    _require_action(ds, S.revoked, "revoke")
     if not transitions.allowed(ds.status, S.revoked, actor.role):
         raise transitions.InvalidTransition(f"dataset is {ds.status.value}; it cannot become revoked")
     try:
@@ -258,7 +263,8 @@ def revoke(session: Session, *, dataset_id: uuid.UUID, actor: Actor, reason: str
     return ds
 
 
-def _lock(session: Session, *, dataset_id: uuid.UUID) -> Dataset:
+def lock(session: Session, *, dataset_id: uuid.UUID) -> Dataset:
+    """SELECT … FOR UPDATE: the caller then moves the dataset with transitions.transition()."""
     ds = session.scalar(
         select(Dataset).where(Dataset.id == dataset_id).with_for_update().execution_options(populate_existing=True)
     )
@@ -267,8 +273,12 @@ def _lock(session: Session, *, dataset_id: uuid.UUID) -> Dataset:
     return ds
 
 
-def lock(session: Session, *, dataset_id: uuid.UUID) -> Dataset:
-    return _lock(session, dataset_id=dataset_id)
+def _require_action(ds: Dataset, target: DatasetStatus, action: str) -> None:
+    """A route performs one named action of the table; the same target reached by another action (e.g.
+    approved by review vs by retry) is not this route's to make."""
+    rule = transitions.TABLE.get((ds.status, target))
+    if rule is None or rule.action != action:
+        raise transitions.InvalidTransition(f"dataset is {ds.status.value}; {action!r} is not possible from this state")
 
 
 def _actor(account: Account) -> Actor:
