@@ -362,7 +362,7 @@ def print_summary(*, api: str, s3: str, labels: dict[str, str], keys: list[RunKe
         f"curl -s {api}/v1/conditions -H 'Authorization: Bearer {r}'",
         "# ask for a dataset (the condition must be offered by a published model)",
         f"curl -s -X POST {api}/v1/datasets -H 'Authorization: Bearer {r}' -H 'Content-Type: application/json' "
-        "-d '{\"conditions\": {\"Effusion\": 64}, \"purpose\": \"trying xraysynth\"}'",
+        "-d '{\"conditions\": {\"Effusion\": 64}, \"purpose\": \"trying xraysynth on one box before a real request\"}'",
         "# see it pending (DATASET_ID = the id in the answer above)",
         f"curl -s {api}/v1/datasets/$DATASET_ID -H 'Authorization: Bearer {r}'",
         "# the admin's review queue, then approve",
