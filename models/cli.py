@@ -1,0 +1,114 @@
+"""Hospital-side commands: ingest, train gan|classifier, evaluate.
+
+The lead mounts these in ``service/cli.py`` (``app.command("ingest")(ingest_command)``,
+``app.add_typer(train_app, name="train")``, ``app.command("evaluate")(evaluate_command)``).
+Meanwhile: ``python -m models.cli ingest ...``, ``python -m models.cli train gan ...``.
+Heavy imports (torch) happen inside the commands so mounting them costs nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+train_app = typer.Typer(help="Train the conditional DCGAN or the condition classifier.", no_args_is_help=True)
+
+
+def ingest_command(
+    source_dir: Annotated[Path, typer.Argument(help="folder the CSV's paths are relative to", exists=True, file_okay=False)],
+    labels: Annotated[Path, typer.Option("--labels", help="CSV: path, conditions (|-joined), patient_id[, split, source, view, license]", exists=True, dir_okay=False)],
+    out: Annotated[Path, typer.Option("--out", help="training set folder to write (hospital zone)")],
+    default_license: Annotated[str, typer.Option(help="licence for rows whose CSV has none")] = "hospital-internal, not for redistribution",
+) -> None:
+    """Read DICOM (CR/DX) and PNG/JPEG chest radiographs + labels into a training set."""
+    from .ingest import ingest
+
+    report = ingest(source_dir, labels, out, default_license=default_license)
+    if report.n_ingested == 0:
+        raise typer.Exit(code=1)
+
+
+@train_app.command("classifier")
+def train_classifier_command(
+    trainset: Annotated[Path, typer.Option(help="folder written by ingest", exists=True, file_okay=False)],
+    out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/classifier"),
+    epochs: float = 8.0,
+    width: int = 32,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    balance: Annotated[str, typer.Option(help="none | sqrt | full")] = "sqrt",
+    seed: int = 0,
+    device: str = "auto",
+    threads: int = 2,
+) -> None:
+    """Multi-label condition classifier (heatmaps, probabilities, evaluation features)."""
+    from .train import ClassifierConfig, train_classifier
+
+    train_classifier(ClassifierConfig(trainset=str(trainset), out=str(out), epochs=epochs, width=width,
+                                      batch_size=batch_size, lr=lr, balance=balance, seed=seed, device=device,
+                                      threads=threads))
+
+
+@train_app.command("gan")
+def train_gan_command(
+    trainset: Annotated[Path, typer.Option(help="folder written by ingest", exists=True, file_okay=False)],
+    out: Annotated[Path, typer.Option(help="run folder: ckpt.pt (resumable), history.json, bundle.pt")] = Path("runs/gan"),
+    classifier: Annotated[Optional[Path], typer.Option(help="classifier.pt for val monitoring and the bundle")] = None,
+    iters: Annotated[int, typer.Option(help="total steps (a resumed run continues to this)")] = 20000,
+    minutes: Annotated[Optional[float], typer.Option(help="wall-clock budget for this invocation")] = None,
+    batch_size: int = 64,
+    ngf: int = 32,
+    ndf: int = 32,
+    lr_g: float = 2e-4,
+    lr_d: float = 2e-4,
+    balance: Annotated[str, typer.Option(help="none | sqrt | full")] = "sqrt",
+    shift: int = 8,
+    eval_every: int = 500,
+    seed: int = 0,
+    resume: Annotated[bool, typer.Option(help="continue from OUT/ckpt.pt if present")] = True,
+    dp: Annotated[bool, typer.Option("--dp", help="differentially private discriminator (Opacus)")] = False,
+    epsilon: float = 10.0,
+    delta: float = 1e-5,
+    max_grad_norm: float = 1.0,
+    dp_epochs: float = 5.0,
+    device: str = "auto",
+    threads: int = 2,
+) -> None:
+    """Conditional DCGAN at 128 px (hinge, projection D, sqrt class balance, EMA); --dp for DP-SGD on D."""
+    from .train import GanConfig, train_gan
+
+    train_gan(GanConfig(trainset=str(trainset), out=str(out), classifier=str(classifier) if classifier else None,
+                        iters=iters, minutes=minutes, batch_size=batch_size, ngf=ngf, ndf=ndf, lr_g=lr_g,
+                        lr_d=lr_d, balance=balance, shift=shift, eval_every=eval_every, seed=seed, resume=resume,
+                        dp=dp, epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, dp_epochs=dp_epochs,
+                        device=device, threads=threads))
+
+
+def evaluate_command(
+    model: Annotated[Path, typer.Argument(help="bundle.pt to evaluate", exists=True, dir_okay=False)],
+    trainset: Annotated[Path, typer.Option(help="folder written by ingest (test split is scored)", exists=True, file_okay=False)],
+    out: Annotated[Optional[Path], typer.Option(help="write the bundle with its card's metrics here (default: in place)")] = None,
+    card_json: Annotated[Optional[Path], typer.Option(help="also write the card as JSON here")] = None,
+    quick: Annotated[bool, typer.Option(help="skip the classifier-training experiments (TSTR, augmentation)")] = False,
+    eval_epochs: Annotated[float, typer.Option(help="epochs for the classifiers TSTR/augmentation train")] = 6.0,
+    seed: int = 0,
+    device: str = "auto",
+    threads: int = 2,
+) -> None:
+    """Score a bundle on the test split and write the metrics section of its model card."""
+    from .evaluate import EvalConfig, evaluate_bundle
+
+    evaluate_bundle(EvalConfig(model=str(model), trainset=str(trainset), out=str(out) if out else None,
+                               card_json=str(card_json) if card_json else None, quick=quick,
+                               eval_epochs=eval_epochs, seed=seed, device=device, threads=threads))
+
+
+app = typer.Typer(help="xraysynth hospital-side ML commands (models/)", no_args_is_help=True)
+app.command("ingest")(ingest_command)
+app.add_typer(train_app, name="train")
+app.command("evaluate")(evaluate_command)
+
+if __name__ == "__main__":
+    app()

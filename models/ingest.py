@@ -1,0 +1,253 @@
+"""``xraysynth ingest``: real DICOM/PNG/JPEG chest radiographs + a labels CSV -> a training set.
+
+Each file either becomes one normalised 128 px image or is skipped with a reason a person can act
+on (wrong modality, not a chest, unreadable, no pixels, unknown label, duplicate, ...). One bad
+file never stops the run; a summary table closes it.
+
+DICOM display pipeline, in the standard's order: stored values (BitsStored respected) -> Modality
+LUT / rescale slope+intercept -> VOI LUT or window centre/width -> MONOCHROME1 inverted so that
+bright = dense everywhere -> robust percentile window -> centre crop + LANCZOS resize.
+Compressed transfer syntaxes (JPEG, JPEG-LS, JPEG 2000, RLE) decode through pydicom's plugins
+(pylibjpeg, pylibjpeg-openjpeg, pylibjpeg-libjpeg).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .conditions import CONDITIONS, canonical
+from .imaging import IMAGE_SIZE, prepare
+from .trainset import image_hash, patient_split, write_trainset
+
+RADIOGRAPH_MODALITIES = {"CR", "DX"}
+# DICOM SOP classes that are projection radiographs, for files that omit Modality.
+RADIOGRAPH_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.1",  # CR Image Storage
+    "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
+    "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image Storage - For Processing
+}
+CHEST_BODY_PARTS = {"CHEST", "THORAX", "LUNG", "LUNGS", "CHEST_PA", "CHEST PA", "CHEST_AP", "CHEST AP", "TORAX", "THORAX_PA"}
+LATERAL_VIEWS = {"LL", "RL", "LAT", "LATERAL", "LLD", "RLD"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+class Skip(Exception):
+    """A file that is not (usable as) a frontal chest radiograph; the message is the reason."""
+
+
+@dataclass
+class IngestReport:
+    n_rows: int = 0
+    n_ingested: int = 0
+    skipped: list[dict] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+
+def _is_dicom(path: Path) -> bool:
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+        return len(head) == 132 and head[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def _mask_bits_stored(arr: np.ndarray, ds) -> np.ndarray:
+    """Keep only the BitsStored low bits (unused high bits may hold overlays or garbage).
+
+    pydicom masks native data itself; some codecs hand back the raw container, so do it here too.
+    """
+    bits_alloc = int(getattr(ds, "BitsAllocated", arr.dtype.itemsize * 8))
+    bits_stored = int(getattr(ds, "BitsStored", bits_alloc))
+    if bits_stored >= bits_alloc or not np.issubdtype(arr.dtype, np.integer):
+        return arr
+    if int(getattr(ds, "PixelRepresentation", 0)) == 0:
+        return arr & np.array((1 << bits_stored) - 1, dtype=arr.dtype)
+    # signed: sign-extend from bit (bits_stored - 1)
+    a = arr.astype(np.int64) & ((1 << bits_stored) - 1)
+    sign = 1 << (bits_stored - 1)
+    return ((a ^ sign) - sign).astype(np.int32)
+
+
+def read_dicom(path: Path) -> tuple[np.ndarray, dict]:
+    """DICOM file -> float display image (bright = dense) + header facts; raises Skip."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        ds = pydicom.dcmread(path)
+    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError) as e:
+        raise Skip(f"unreadable DICOM ({type(e).__name__}: {e})") from None
+    modality = str(getattr(ds, "Modality", "") or "").upper()
+    sop = str(getattr(ds, "SOPClassUID", "") or "")
+    if modality:
+        if modality not in RADIOGRAPH_MODALITIES:
+            raise Skip(f"modality {modality} is not a projection radiograph (need CR or DX)")
+    elif sop not in RADIOGRAPH_SOP_CLASSES:
+        raise Skip("no Modality and SOP class is not CR/DX")
+    body = str(getattr(ds, "BodyPartExamined", "") or "").strip().upper()
+    if body and body not in CHEST_BODY_PARTS:
+        raise Skip(f"body part {body} is not chest")
+    view = str(getattr(ds, "ViewPosition", "") or "").strip().upper()
+    if view in LATERAL_VIEWS:
+        raise Skip(f"lateral view ({view}); only frontal chest radiographs are used")
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise Skip("no pixel data")
+    try:
+        arr = ds.pixel_array
+    except Exception as e:  # decoder missing, truncated stream, inconsistent header ...
+        raise Skip(f"pixel data could not be decoded ({type(e).__name__}: {e})") from None
+    if arr.ndim == 3 and int(getattr(ds, "SamplesPerPixel", 1)) == 1:
+        arr = arr[0]  # multi-frame: the first frame
+    if arr.ndim == 3:  # colour export of a radiograph: luminance
+        arr = arr[..., :3].astype(np.float64).mean(axis=-1)
+    elif arr.ndim != 2:
+        raise Skip(f"unexpected pixel array shape {arr.shape}")
+    else:
+        arr = _mask_bits_stored(arr, ds)
+        arr = apply_modality_lut(arr, ds)
+        arr = apply_voi_lut(arr, ds, index=0)  # VOI LUT sequence, else first window; no-op if none
+    arr = np.asarray(arr, dtype=np.float64)
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
+    if photometric == "MONOCHROME1":  # 0 = white: flip so that bright = dense, like MONOCHROME2
+        arr = arr.max() + arr.min() - arr
+    if arr.size == 0 or not np.isfinite(arr).all():
+        raise Skip("pixel data empty or not finite")
+    return arr, {"view": view if view in ("PA", "AP") else str(getattr(ds, "ViewPosition", "") or "")}
+
+
+def read_image_file(path: Path) -> tuple[np.ndarray, dict]:
+    """PNG/JPEG -> float grayscale (16-bit PNGs keep their depth); raises Skip."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I", "F"):
+                arr = np.asarray(im, dtype=np.float64)
+            else:
+                arr = np.asarray(im.convert("L"), dtype=np.float64)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise Skip(f"unreadable image ({type(e).__name__}: {e})") from None
+    if arr.ndim != 2 or arr.size == 0:
+        raise Skip("no pixel data")
+    return arr, {}
+
+
+def read_any(path: Path) -> tuple[np.ndarray, dict]:
+    if not path.exists():
+        raise Skip("file not found")
+    if _is_dicom(path):
+        return read_dicom(path)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return read_image_file(path)
+    raise Skip(f"unsupported file type {path.suffix or '(no extension)'}")
+
+
+def _parse_conditions(text: str, conditions: list[str]) -> np.ndarray:
+    names = [t for t in (text or "").split("|") if t.strip()]
+    if not names:
+        raise Skip("no condition label")
+    y = np.zeros(len(conditions), dtype=np.uint8)
+    for n in names:
+        try:
+            y[conditions.index(canonical(n))] = 1
+        except (KeyError, ValueError):
+            raise Skip(f"unknown condition {n.strip()!r}") from None
+    return y
+
+
+def ingest(source_dir, labels_csv, out_dir, *, conditions: list[str] = CONDITIONS, default_license: str = "",
+           image_size: int = IMAGE_SIZE, progress: bool = True, console=None) -> IngestReport:
+    """Read every row of ``labels_csv`` (path relative to ``source_dir``) and write the training set."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = console or Console(stderr=True)
+    source_dir, out_dir = Path(source_dir), Path(out_dir)
+    with open(labels_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and ("path" not in rows[0] or "conditions" not in rows[0] or "patient_id" not in rows[0]):
+        raise ValueError(f"{labels_csv}: needs columns path, conditions, patient_id (got {list(rows[0])})")
+
+    report = IngestReport(n_rows=len(rows))
+    images, labels, meta = [], [], []
+    seen: dict[str, str] = {}
+    with Progress(TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, disable=not progress, transient=True) as bar:
+        task = bar.add_task("ingest", total=len(rows))
+        for i, row in enumerate(rows):
+            rel = (row.get("path") or "").strip()
+            try:
+                pid = (row.get("patient_id") or "").strip()
+                if not pid:
+                    raise Skip("no patient_id (needed for patient-level splits and privacy)")
+                y = _parse_conditions(row.get("conditions", ""), conditions)
+                arr, facts = read_any(source_dir / rel)
+                if min(arr.shape) < 32:
+                    raise Skip(f"image too small ({arr.shape[1]}x{arr.shape[0]})")
+                pixels = prepare(arr, image_size)
+                h = image_hash(pixels)
+                if h in seen:
+                    raise Skip(f"duplicate pixels of {seen[h]}")
+                split = (row.get("split") or "").strip() or patient_split(pid)
+                if split not in ("train", "val", "test"):
+                    raise Skip(f"unknown split {split!r}")
+                image_id = (row.get("image_id") or "").strip() or f"img{i:06d}"
+                seen[h] = image_id
+            except Skip as reason:
+                report.skipped.append({"path": rel, "reason": str(reason)})
+                console.print(f"[yellow]skip[/] {rel}: {reason}")
+                bar.advance(task)
+                continue
+            images.append(pixels)
+            labels.append(y)
+            meta.append({
+                "image_id": image_id, "patient_id": pid, "split": split,
+                "source": (row.get("source") or "").strip() or "local",
+                "license": (row.get("license") or "").strip() or default_license,
+                "view": (row.get("view") or "").strip() or facts.get("view", ""),
+            })
+            bar.advance(task)
+
+    imgs = np.stack(images) if images else np.zeros((0, image_size, image_size), np.uint8)
+    labs = np.stack(labels) if labels else np.zeros((0, len(conditions)), np.uint8)
+    report.n_ingested = len(imgs)
+    report.info = write_trainset(out_dir, imgs, labs, meta, conditions, report.skipped)
+    print_summary(report, console)
+    return report
+
+
+def print_summary(report: IngestReport, console) -> None:
+    from rich.table import Table
+
+    info = report.info
+    t = Table(title=f"ingest: {report.n_ingested} of {report.n_rows} files -> training set "
+                    f"(fingerprint {info.get('fingerprint', '')[:12]})")
+    t.add_column("condition")
+    for s in ("train", "val", "test"):
+        t.add_column(f"{s} images", justify="right")
+    t.add_column("patients", justify="right")
+    per = info.get("images_per_condition_per_split", {})
+    for c in info.get("conditions", []):
+        t.add_row(c, *[str(per.get(s, {}).get(c, 0)) for s in ("train", "val", "test")],
+                  str(info["patients_per_condition"][c]))
+    console.print(t)
+    if report.skipped:
+        reasons: dict[str, int] = {}
+        for s in report.skipped:
+            key = s["reason"].split(" (")[0]
+            reasons[key] = reasons.get(key, 0) + 1
+        st = Table(title=f"skipped: {len(report.skipped)} files")
+        st.add_column("reason")
+        st.add_column("files", justify="right")
+        for r, n in sorted(reasons.items(), key=lambda kv: -kv[1]):
+            st.add_row(r, str(n))
+        console.print(st)

@@ -1,0 +1,158 @@
+"""Model registry, the pure part: the model card, the checkpoint bytes and their sha256.
+
+A model version = a checkpoint in the private bucket (``models/<name>/<version>/bundle.pt``,
+addressed and verified by sha256) + a ModelVersion row carrying the card. The lead wires the
+database session, the S3 client and the ``xraysynth models register|publish|list`` commands; these
+functions build everything they store, with no I/O beyond reading a bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from datetime import datetime, timezone
+from pathlib import Path
+
+ARCHITECTURE = "conditional DCGAN 128px: embedding + conditional-BN generator, projection discriminator, hinge loss"
+
+CONFOUNDING_CAVEATS = [
+    "Source and class are confounded in the training data: almost all Pneumonia images are paediatric "
+    "(Kermany, Guangzhou, ages 1-5) and every COVID-19 image comes from two COVID-only collections "
+    "(ieee8023, Hannover). The generator and the classifier can learn 'which hospital' instead of "
+    "'which disease'; disease signals are also reported on the NIH-only subset.",
+    "About 3,636 Kermany images were squashed to 224x224 by their uploader (narrow-looking chests).",
+    "NIH labels were mined from reports by NLP (~90% accurate); the NIH subset is a convenience sample "
+    "whose prevalences do not match the full NIH set.",
+    "Rare conditions have very few test images (Hernia 4, Emphysema 4, Fibrosis 5, Cardiomegaly 6): "
+    "their per-condition metrics have wide uncertainty.",
+    "Synthetic images are not clinical data and must not be used for diagnosis.",
+]
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def object_key(name: str, version: str) -> str:
+    """Where the checkpoint lives in the private bucket (docs/architecture.md)."""
+    return f"models/{name}/{version}/bundle.pt"
+
+
+def build_card(*, trainset, config: dict, training: dict, classifier_trained: bool = True,
+               metrics: dict | None = None, name: str = "xraysynth-dcgan", version: str = "0") -> dict:
+    """The model card: what was trained on what, how, under which licences, and how well it does."""
+    info = dict(trainset.info or {})
+    train_split = trainset.split("train") if hasattr(trainset, "split") else trainset
+    dp = training.get("dp")
+    licences = info.get("licences", {})
+    nc_sa = info.get("share_alike_noncommercial", {})
+    card = {
+        "name": name,
+        "version": version,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "architecture": ARCHITECTURE,
+        "image_size": int(config.get("image_size", 128)),
+        "conditions": list(trainset.conditions),
+        "config": dict(config),
+        "training": {k: v for k, v in training.items() if k not in ("trainset", "out", "classifier", "extra")},
+        "training_data": {
+            "fingerprint": trainset.fingerprint,
+            "split_used": "train (model selection on val, metrics on test)",
+            "n_images": info.get("n_images", len(trainset)),
+            "images_per_split": info.get("images_per_split"),
+            "images_per_source": info.get("images_per_source"),
+            "patients_per_condition": train_split.patients_per_condition(),
+            "images_per_condition": {c: int(train_split.labels[:, k].sum()) for k, c in enumerate(trainset.conditions)},
+        },
+        "licences": {
+            "training_images": licences,
+            "citations": info.get("citations", {}),
+            "share_alike_noncommercial": nc_sa,
+            "synthetic_output_licence": (
+                "CC BY-NC-SA 4.0 (inherited: the training data includes CC BY-NC-SA images from the "
+                "ieee8023 COVID-19 image data collection; non-commercial use only, share alike, cite the sources)"
+                if nc_sa.get("applies") else "per the training data's licences (see citations)"
+            ),
+        },
+        "classifier": {
+            "trained": bool(classifier_trained),
+            "role": "Grad-CAM heatmaps, per-image probabilities, evaluation features, privacy embeddings",
+            "note": "trained on real images without differential privacy; stays in the hospital zone",
+        },
+        "differential_privacy": None if not dp else {
+            "epsilon": dp.get("epsilon"), "delta": dp.get("delta"),
+            "noise_multiplier": dp.get("noise_multiplier"), "max_grad_norm": dp.get("max_grad_norm"),
+            "sample_rate": dp.get("sample_rate"), "steps": dp.get("steps"), "accountant": dp.get("accountant"),
+            "mechanism": dp.get("mechanism"),
+            "scope": "generator and discriminator; the bundled classifier is not DP-trained",
+        },
+        "caveats": list(CONFOUNDING_CAVEATS),
+        "metrics": metrics or {},
+    }
+    return card
+
+
+def bundle_checkpoint(bundle) -> tuple[bytes, str]:
+    """A loaded Bundle -> (checkpoint bytes as save_bundle writes them, sha256 hex)."""
+    from .bundle import bundle_bytes
+
+    data = bundle_bytes(generator=bundle.generator, classifier=bundle.classifier,
+                        discriminator=bundle.discriminator, conditions=bundle.conditions,
+                        config=bundle.config, card=bundle.card)
+    return data, sha256_bytes(data)
+
+
+def file_checkpoint(path) -> tuple[bytes, str]:
+    data = Path(path).read_bytes()
+    return data, sha256_bytes(data)
+
+
+def with_card(bundle_source, card: dict) -> tuple[bytes, str]:
+    """Re-serialise a bundle (path or bytes) with a new card (e.g. after evaluation) -> (bytes, sha256)."""
+    from .bundle import load_bundle
+
+    b = load_bundle(bundle_source)
+    b.card = card
+    return bundle_checkpoint(b)
+
+
+def model_version_fields(*, card: dict, sha256: str, name: str, version: str, size_bytes: int | None = None) -> dict:
+    """The ModelVersion row's columns (DESIGN.md 'Domain'), ready for the lead's SQLAlchemy model."""
+    dp = card.get("differential_privacy") or {}
+    td = card.get("training_data", {})
+    return {
+        "name": name,
+        "version": version,
+        "architecture": card.get("architecture", ARCHITECTURE),
+        "image_size": int(card.get("image_size", 128)),
+        "conditions": list(card.get("conditions", [])),
+        "checkpoint_key": object_key(name, version),
+        "checkpoint_sha256": sha256,
+        "checkpoint_size": size_bytes,
+        "training_fingerprint": td.get("fingerprint"),
+        "patients_per_condition": td.get("patients_per_condition", {}),
+        "dp_epsilon": dp.get("epsilon"),
+        "dp_delta": dp.get("delta"),
+        "metrics": card.get("metrics", {}),
+        "privacy_calibration": card.get("privacy", {}).get("calibration") if card.get("privacy") else None,
+        "card": card,
+        "status": "draft",
+    }
+
+
+def public_card(card: dict) -> dict:
+    """The researcher-facing subset: aggregates only (no per-patient data exists in a card anyway)."""
+    keep = ("name", "version", "architecture", "image_size", "conditions", "licences", "caveats", "metrics",
+            "differential_privacy", "created_at")
+    out = {k: card.get(k) for k in keep}
+    td = card.get("training_data", {})
+    out["training_data"] = {"fingerprint": td.get("fingerprint"), "patients_per_condition": td.get("patients_per_condition")}
+    return out
+
+
+def card_bytes(card: dict) -> bytes:
+    import json
+
+    buf = io.StringIO()
+    json.dump(card, buf, indent=2, default=str)
+    return buf.getvalue().encode()

@@ -1,0 +1,176 @@
+"""Ingest: every DICOM case the issue lists, PNG + CSV, and per-file skip reasons."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.conditions import CONDITIONS
+from models.ingest import Skip, ingest, read_any
+from models.trainset import load_trainset, patient_split
+
+from .dicom_fixtures import chest_like, compress_jpeg2000, make_dicom
+
+pytest.importorskip("pydicom")
+
+
+def _write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "conditions", "patient_id", "split", "license"])
+        w.writeheader()
+        for r in rows:
+            w.writerow({"split": "", "license": "", **r})
+
+
+def _ingest_one(tmp_path, make, name="x.dcm"):
+    """Ingest a single file and return (the 128 px image or None, skipped reasons)."""
+    src = tmp_path / "src"
+    make(src / name)
+    _write_csv(tmp_path / "labels.csv", [{"path": name, "conditions": "Effusion", "patient_id": "p1", "split": "train"}])
+    rep = ingest(src, tmp_path / "labels.csv", tmp_path / "out", progress=False)
+    if rep.n_ingested:
+        return load_trainset(tmp_path / "out").images[0], rep.skipped
+    return None, rep.skipped
+
+
+def _reference(tmp_path, pixels, **kw):
+    img, _ = _ingest_one(tmp_path / "ref", lambda p: make_dicom(p, pixels, **kw))
+    return img.astype(int)
+
+
+def test_cr_and_dx_are_ingested(tmp_path):
+    px = chest_like()
+    for modality in ("CR", "DX"):
+        img, skipped = _ingest_one(tmp_path / modality, lambda p: make_dicom(p, px, modality=modality))
+        assert skipped == []
+        assert img.shape == (128, 128) and img.dtype == np.uint8
+        assert img.max() == 255 and img.min() == 0  # percentile-normalised
+        assert img[:15, :15].mean() < 30  # the dark corner stays dark: orientation kept
+
+
+def test_monochrome1_is_inverted(tmp_path):
+    px = chest_like()
+    mono2 = _reference(tmp_path / "m2", px)
+    mono1, skipped = _ingest_one(tmp_path / "m1", lambda p: make_dicom(p, 4095 - px, photometric="MONOCHROME1"))
+    assert skipped == []
+    # same anatomy, same brightness convention (dense = bright) once inverted
+    assert np.abs(mono1.astype(int) - mono2).mean() < 2.0
+
+
+def test_rescale_then_window_is_applied(tmp_path):
+    # stored 0..1000 along x; modality value = 2*stored - 1000 (-1000..1000);
+    # window 500 +- 100 in modality units keeps only stored 700..800.
+    ramp = np.tile(np.linspace(0, 1000, 200), (200, 1)).astype(np.uint16)
+    img, skipped = _ingest_one(tmp_path, lambda p: make_dicom(p, ramp, rescale=(2.0, -1000.0), window=(500.0, 200.0)))
+    assert skipped == []
+    row = img[64].astype(int)
+    # columns of the 128 px image map linearly onto stored values 0..1000
+    x_mid = np.argmin(np.abs(row - 128))
+    assert 0.70 * 127 <= x_mid <= 0.80 * 127, x_mid  # mid-grey where stored ~ 750, not ~ 500
+    assert row[: int(0.6 * 128)].max() <= 5  # below the window: black
+    assert row[int(0.9 * 128):].min() >= 250  # above the window: white
+
+
+def test_bits_stored_ignores_high_bits(tmp_path):
+    px = chest_like(bits=12)
+    clean = _reference(tmp_path / "clean", px)
+    garbage = (px | (np.random.default_rng(1).integers(0, 16, px.shape, dtype=np.uint16) << 12)).astype(np.uint16)
+    img, skipped = _ingest_one(tmp_path / "dirty", lambda p: make_dicom(p, px, raw_pixel_bytes=garbage.tobytes()))
+    assert skipped == []
+    assert np.array_equal(img.astype(int), clean)
+
+
+def test_jpeg2000_compressed(tmp_path):
+    px = chest_like()
+    plain = _reference(tmp_path / "plain", px)
+
+    def make(path):
+        tmp = make_dicom(path.with_name("raw.dcm"), px)
+        compress_jpeg2000(tmp, path)
+        tmp.unlink()
+
+    img, skipped = _ingest_one(tmp_path / "j2k", make)
+    assert skipped == []
+    assert np.array_equal(img.astype(int), plain)  # lossless
+
+
+@pytest.mark.parametrize("modality", ["CT", "MR", "US"])
+def test_non_radiograph_modalities_are_skipped(tmp_path, modality):
+    img, skipped = _ingest_one(tmp_path, lambda p: make_dicom(p, chest_like(), modality=modality))
+    assert img is None
+    assert "modality" in skipped[0]["reason"] and modality in skipped[0]["reason"]
+
+
+def test_non_chest_body_part_is_skipped(tmp_path):
+    img, skipped = _ingest_one(tmp_path, lambda p: make_dicom(p, chest_like(), body_part="KNEE"))
+    assert img is None and "body part KNEE" in skipped[0]["reason"]
+
+
+def test_unreadable_file_is_skipped(tmp_path):
+    def make(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"this is not a DICOM file" * 10)
+
+    img, skipped = _ingest_one(tmp_path, make)
+    assert img is None and "unreadable" in skipped[0]["reason"]
+
+
+def test_no_pixel_data_is_skipped(tmp_path):
+    img, skipped = _ingest_one(tmp_path, lambda p: make_dicom(p, None))
+    assert img is None and skipped[0]["reason"] == "no pixel data"
+
+
+def test_read_any_reasons_are_specific(tmp_path):
+    with pytest.raises(Skip, match="file not found"):
+        read_any(tmp_path / "missing.dcm")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(Skip, match="unsupported file type"):
+        read_any(tmp_path / "notes.txt")
+
+
+def test_png_csv_mixed_run_writes_a_training_set(tmp_path):
+    src = tmp_path / "src"
+    (src / "png").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(6):
+        arr = (chest_like(seed=i) >> 4).astype(np.uint8)
+        Image.fromarray(arr).save(src / "png" / f"im{i}.png")
+        rows.append({"path": f"png/im{i}.png", "conditions": ["No Finding", "Effusion|Pleural_Thickening", "Hernia"][i % 3],
+                     "patient_id": f"pat{i // 2}", "split": "" if i < 3 else "test",
+                     "license": "CC BY-NC-SA 4.0" if i == 5 else "CC BY 4.0"})
+    Image.fromarray(rng.integers(0, 255, (64, 80), dtype=np.uint8)).convert("RGB").save(src / "png" / "c.jpg")
+    rows.append({"path": "png/c.jpg", "conditions": "Cardiomegaly", "patient_id": "pat9", "split": "val"})
+    make_dicom(src / "dcm" / "cr.dcm", chest_like(seed=9))
+    rows.append({"path": "dcm/cr.dcm", "conditions": "Mass", "patient_id": "pat10", "split": "train"})
+    make_dicom(src / "dcm" / "ct.dcm", chest_like(seed=9), modality="CT")
+    rows.append({"path": "dcm/ct.dcm", "conditions": "Mass", "patient_id": "pat11"})
+    rows.append({"path": "png/im0.png", "conditions": "Flu", "patient_id": "pat12"})  # unknown label
+    rows.append({"path": "png/missing.png", "conditions": "Mass", "patient_id": "pat13"})
+    rows.append({"path": "png/im1.png", "conditions": "Mass", "patient_id": "pat14"})  # duplicate pixels
+    _write_csv(tmp_path / "labels.csv", rows)
+
+    rep = ingest(src, tmp_path / "labels.csv", tmp_path / "out", progress=False, default_license="hospital")
+    assert rep.n_ingested == 8
+    reasons = {s["path"]: s["reason"] for s in rep.skipped}
+    assert "modality CT" in reasons["dcm/ct.dcm"]
+    assert "unknown condition" in reasons["png/im0.png"]
+    assert reasons["png/missing.png"] == "file not found"
+    assert reasons["png/im1.png"].startswith("duplicate pixels")
+
+    ts = load_trainset(tmp_path / "out")
+    assert ts.images.shape == (8, 128, 128) and ts.labels.shape == (8, len(CONDITIONS))
+    k = CONDITIONS.index
+    assert ts.labels[1, k("Effusion")] == 1 and ts.labels[1, k("Pleural_Thickening")] == 1 and ts.labels[1].sum() == 2
+    assert ts.splits[0] == patient_split("pat0") and ts.splits[3] == "test"  # missing split: patient hash
+    assert ts.licenses[7] == "hospital"  # the DICOM row had no licence in the CSV
+    info = json.loads((tmp_path / "out" / "trainset.json").read_text())
+    assert info["n_images"] == 8 and len(info["skipped"]) == 4
+    assert info["patients_per_condition"]["Hernia"] == 2
+    assert info["share_alike_noncommercial"]["applies"] is True and info["share_alike_noncommercial"]["sources"] == ["local"]
+    assert info["share_alike_noncommercial"]["n_images"] == 1
+    assert info["fingerprint"] == ts.fingerprint and len(ts.fingerprint) == 64
