@@ -1,0 +1,72 @@
+"""The worker's Celery app (Redis broker). `xraysynth worker` and
+`python -m celery -A workers.celery_app worker` both start it.
+
+The parent process never imports torch, so CUDA is never initialised before a fork: with the solo
+pool the model loads on the first task; with prefork each child loads its own after the fork and
+gets cores/concurrency torch threads. A timer thread in the parent runs the sweeper.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from celery import Celery, signals
+
+import service.tables  # noqa: F401 — every table registered, so relationships between domains resolve
+from service.settings import get_settings
+from workers.config import celery_config
+
+log = logging.getLogger("xraysynth.worker")
+
+app = Celery("xraysynth", include=["workers.tasks"])
+app.conf.update(celery_config(get_settings()))
+
+_sweeper = None
+_concurrency = 1
+
+
+@signals.worker_init.connect
+def _on_worker_init(sender=None, **_):
+    global _concurrency
+    _concurrency = int(getattr(sender, "concurrency", None) or 1)
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        raise RuntimeError("CUDA was initialised before the worker forked; load models inside tasks only")
+
+
+@signals.worker_process_init.connect
+def _on_child_start(**_):
+    """A prefork child: fresh connections (sockets must not be shared across a fork), few torch threads."""
+    from service import db, storage
+
+    if db.get_engine.cache_info().currsize:
+        db.get_engine().dispose(close=False)  # leave the parent's connections alone
+    db.get_engine.cache_clear()
+    db.get_sessionmaker.cache_clear()
+    storage.reset_clients()
+    threads = max(1, (os.cpu_count() or 1) // max(1, _concurrency))
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch  # after the fork: this child's own runtime
+
+    torch.set_num_threads(threads)
+
+
+@signals.worker_ready.connect
+def _start_sweeper(**_):
+    global _sweeper
+    from workers.sweeper import SweeperThread
+
+    _sweeper = SweeperThread()
+    _sweeper.start()
+    log.info("sweeper running every %.0f s", _sweeper.interval)
+
+
+@signals.worker_shutdown.connect
+def _stop(**_):
+    from workers.shard import shutdown_pool
+
+    if _sweeper is not None:
+        _sweeper.stop()
+    shutdown_pool()
