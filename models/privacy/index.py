@@ -386,10 +386,11 @@ class PrivacyIndex:
             )
 
 
-def build_privacy_index(bundle, trainset, split: str = "train", *, batch_size: int = 256) -> PrivacyIndex:
-    """Index every image of ``split`` in ``trainset`` with ``bundle.classifier``'s embeddings."""
-    splits = np.asarray(trainset.splits).astype(str)
-    rows = np.flatnonzero(splits == split)
+def build_privacy_index(bundle, trainset, split: str | None = "train", *, batch_size: int = 256) -> PrivacyIndex:
+    """Index every image of ``split`` in ``trainset`` (every image if ``split`` is None) with
+    ``bundle.classifier``'s embeddings."""
+    n_all = len(trainset.images)
+    rows = np.arange(n_all) if split is None else np.flatnonzero(np.asarray(trainset.splits).astype(str) == split)
     if len(rows) == 0:
         raise ValueError(f"training set has no images in split {split!r}")
     images = np.asarray(trainset.images)[rows]

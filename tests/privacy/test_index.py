@@ -114,6 +114,8 @@ def test_build_index_contents(index, trainset, bundle):
     assert index.meta["trainset_fingerprint"] == trainset.fingerprint
     with pytest.raises(ValueError, match="split"):
         build_privacy_index(bundle, trainset, split="nonexistent")
+    whole = build_privacy_index(bundle, trainset.subset(np.arange(24)), split=None)  # a set without splits
+    assert len(whole) == 24 and whole.meta["split"] is None
 
 
 def test_query_shape_errors_name_shapes_only(index):
