@@ -96,7 +96,21 @@ def _truncate_all() -> None:
     from service.db import get_engine
     from service.tables import Base
 
-    names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    from sqlalchemy.exc import DBAPIError
+
+    tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
+    # DELETE with triggers off (the audit table's append-only trigger, FK checks) takes ~1 ms on these
+    # small tables; TRUNCATE takes ~150 ms, twice per test. Needs a superuser; else fall back to TRUNCATE.
+    try:
+        with get_engine().begin() as conn:
+            conn.execute(text("SET LOCAL session_replication_role = replica"))
+            for name in tables:
+                conn.execute(text(f'DELETE FROM "{name}"'))
+            conn.execute(text("ALTER SEQUENCE audit_events_id_seq RESTART"))
+        return
+    except DBAPIError:
+        pass
+    names = ", ".join(f'"{n}"' for n in tables)
     with get_engine().begin() as conn:
         conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
 

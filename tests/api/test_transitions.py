@@ -8,7 +8,7 @@ import itertools
 import pytest
 
 from service.datasets.models import DatasetStatus
-from service.datasets.transitions import TABLE, InvalidTransition, render_doc, transition, DOC_PATH
+from service.datasets.transitions import DOC_PATH, TABLE, InvalidTransition, render_doc, transition
 from tests.factories import make_dataset, make_model_version, row_counts
 
 ROLES = ("researcher", "admin", "system")
