@@ -194,3 +194,11 @@ def test_researchers_never_reach_evidence(api, researcher, model, request_datase
     for suffix in ("/evidence", "/evidence/pairs.png", "/evidence/preview.png"):
         r = api.get(f"/v1/datasets/{ds['id']}{suffix}", headers=researcher.headers)
         assert r.status_code == 403 and b"real pixels" not in r.content
+
+
+def test_retry_of_a_failed_dataset_enqueues_again(api, researcher, admin, dataset_at, infra, db):
+    ds_id = dataset_at(researcher, "failed")
+    r = api.post(f"/v1/datasets/{ds_id}/retry", json={"note": "storage back"}, headers=admin.headers)
+    assert r.status_code == 200 and r.json()["status"] == "approved" and r.json()["error"] is None
+    assert queued_tasks(infra.env["XRAYSYNTH_BROKER_URL"]) == [("xraysynth.plan_dataset", [str(ds_id)])]
+    assert audit_actions(db, ds_id) == ["dataset.retry"]
