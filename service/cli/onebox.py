@@ -1,9 +1,11 @@
 """`xraysynth run`: the whole service on one box, with nothing to install beyond this package.
 
 Uses what the machine already runs (PostgreSQL, Redis on their default local ports) and falls back to
-what needs no server (SQLite, Celery's folder broker, in-memory rate limits). S3 is always an embedded
-SeaweedFS with credentials generated once and kept in the var dir. The API and one worker run as
-child processes with the same XRAYSYNTH_* environment; Ctrl-C (or SIGTERM) stops every one of them.
+what it can run itself: SQLite; a private redis-server, or without that binary Celery's folder broker
+with in-memory rate limits (the API works; generation waits for Redis, where the workers keep their
+leases). S3 is always an embedded SeaweedFS with credentials generated once and kept in the var dir.
+The API and one worker run as child processes with the same XRAYSYNTH_* environment; Ctrl-C (or
+SIGTERM) stops every one of them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +27,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from service.embedded import ServerProcess, free_port, port_open, start_seaweedfs
+from service.embedded import ServerProcess, free_port, port_open, start_redis, start_seaweedfs
 
 console = Console()
 
@@ -84,6 +87,7 @@ def load_secrets(var_dir: Path) -> dict:
 class Choice:
     env: dict[str, str]
     label: str
+    start_redis: bool = False  # the caller starts a private redis-server and fills in its URLs
 
 
 def _postgres_database(url: str) -> None:
@@ -143,12 +147,23 @@ def choose_broker(var_dir: Path, embedded: bool) -> Choice:
                 {"XRAYSYNTH_BROKER_URL": LOCAL_REDIS + "/0", "XRAYSYNTH_RATE_LIMIT_STORAGE_URL": LOCAL_REDIS + "/1"},
                 "local Redis 127.0.0.1:6379 (broker db 0, rate limits db 1)",
             )
+    # The workers keep their leases in the broker's Redis, so a private redis-server (if the binary is
+    # installed) keeps generation working; the folder broker is the last resort: the API works, generation
+    # waits until Redis is available.
+    if redis_server_binary():
+        return Choice({}, f"embedded redis-server in {var_dir / 'redis'}, not persisted (fallback: {why})",
+                      start_redis=True)
     folder = (var_dir / "broker").resolve()
     return Choice(
         {"XRAYSYNTH_BROKER_URL": "filesystem://", "XRAYSYNTH_BROKER_FOLDER": str(folder),
          "XRAYSYNTH_RATE_LIMIT_STORAGE_URL": "memory://"},
-        f"embedded folder broker {var_dir / 'broker'} + in-memory rate limits (fallback: {why})",
+        f"embedded folder broker {var_dir / 'broker'} + in-memory rate limits (fallback: {why}; no redis-server installed)",
     )
+
+
+def redis_server_binary() -> str | None:
+    local = Path(sys.executable).parent / "redis-server"
+    return str(local) if local.exists() else shutil.which("redis-server")
 
 
 def apply_env(env: dict[str, str]) -> None:
@@ -261,7 +276,7 @@ def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Chi
 @dataclass
 class Supervisor:
     children: list[Child] = field(default_factory=list)
-    s3: ServerProcess | None = None
+    servers: list[ServerProcess] = field(default_factory=list)  # embedded SeaweedFS / redis-server
     stopping: bool = False
     force: bool = False
 
@@ -306,12 +321,15 @@ class Supervisor:
                 console.print(f"[yellow]{child.name}: {why}; killing it[/]")
             child.signal_group(signal.SIGKILL)  # also reaps any grandchild left in its group
             child.proc.wait()
-        if self.s3 is not None:
-            self.s3.stop()
+        for server in reversed(self.servers):  # after the API and worker: they use these until the end
+            server.stop()
             try:
-                os.killpg(self.s3.proc.pid, signal.SIGKILL)
+                os.killpg(server.proc.pid, signal.SIGKILL)  # its own group (start_new_session): only it
             except ProcessLookupError:
                 pass
+
+    def names(self) -> list[str]:
+        return [s.name for s in self.servers] + [c.name for c in self.children]
 
 
 def wait_healthy(url: str, sup: Supervisor, timeout: float = 90) -> dict:
@@ -417,11 +435,20 @@ def run_onebox(*, port: int | None, host: str, var_dir: Path, embedded: bool, bo
             env["XRAYSYNTH_TRAINSET_DIR"] = str(var_dir / "trainset")
 
         with console.status("starting the embedded S3 store (SeaweedFS)…"), sup.critical():
-            sup.s3 = start_seaweedfs(var_dir / "s3", access_key=creds["s3_access_key_id"],
-                                     secret_key=creds["s3_secret_access_key"], s3_port=s3_port)
+            s3 = start_seaweedfs(var_dir / "s3", access_key=creds["s3_access_key_id"],
+                                 secret_key=creds["s3_secret_access_key"], s3_port=s3_port)
+            sup.servers.append(s3)
+        if broker_choice.start_redis:
+            with sup.critical():
+                redis = start_redis(var_dir / "redis")
+                sup.servers.append(redis)
+            env.update({"XRAYSYNTH_BROKER_URL": redis.endpoint + "/0",
+                        "XRAYSYNTH_RATE_LIMIT_STORAGE_URL": redis.endpoint + "/1"})
+            broker_choice.label = broker_choice.label.replace("embedded redis-server",
+                                                              f"embedded redis-server {redis.endpoint}")
         env.update({
-            "XRAYSYNTH_S3_ENDPOINT_URL": sup.s3.endpoint,
-            "XRAYSYNTH_S3_PUBLIC_ENDPOINT_URL": sup.s3.endpoint,
+            "XRAYSYNTH_S3_ENDPOINT_URL": s3.endpoint,
+            "XRAYSYNTH_S3_PUBLIC_ENDPOINT_URL": s3.endpoint,
             "XRAYSYNTH_S3_ACCESS_KEY_ID": creds["s3_access_key_id"],
             "XRAYSYNTH_S3_SECRET_ACCESS_KEY": creds["s3_secret_access_key"],
         })
@@ -456,10 +483,12 @@ def run_onebox(*, port: int | None, host: str, var_dir: Path, embedded: bool, bo
                 sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory", "--host", host,
                 "--port", str(port), "--log-level", "info",
             ], child_env, log_dir))
-        worker_ok = with_worker and _worker_available()
+        worker_ok = with_worker and _worker_available() and not settings.broker_url.startswith("filesystem://")
         worker_note = "1 Celery worker (solo pool)" if worker_ok else "[yellow]none (--no-worker)[/]"
         if with_worker and not worker_ok:
-            worker_note = "[yellow]none: workers.main is not in this installation; requests wait in the queue[/]"
+            worker_note = ("[yellow]none: the worker needs Redis (its leases live there); approved requests "
+                           "wait until it runs[/]" if _worker_available() else
+                           "[yellow]none: workers.main is not in this installation; requests wait in the queue[/]")
         if worker_ok:
             with sup.critical():
                 sup.children.append(spawn("worker", [
@@ -472,7 +501,7 @@ def run_onebox(*, port: int | None, host: str, var_dir: Path, embedded: bool, bo
         with console.status(f"waiting for {api_url}/v1/health…"):
             wait_healthy(f"{api_url}/v1/health", sup)
         labels = {"database": db_choice.label, "broker": broker_choice.label}
-        print_summary(api=api_url, s3=sup.s3.endpoint, labels=labels, keys=keys, var_dir=var_dir,
+        print_summary(api=api_url, s3=s3.endpoint, labels=labels, keys=keys, var_dir=var_dir,
                       log_dir=log_dir, models_note=bootstrap_note, worker_note=worker_note)
 
         while True:  # supervise until a signal (raises Stop) or a child dies
@@ -481,9 +510,10 @@ def run_onebox(*, port: int | None, host: str, var_dir: Path, embedded: bool, bo
                     console.print(f"[red]{child.name} exited unexpectedly (code {child.proc.returncode}); "
                                   f"stopping everything. Last lines of {child.log_path}:[/]\n{child.tail()}")
                     return 1
-            if sup.s3.proc.poll() is not None:
-                console.print(f"[red]SeaweedFS exited unexpectedly; see {sup.s3.log_path}[/]")
-                return 1
+            for server in sup.servers:
+                if server.proc.poll() is not None:
+                    console.print(f"[red]{server.name} exited unexpectedly; stopping everything. See {server.log_path}[/]")
+                    return 1
             time.sleep(0.5)
     except (Stop, KeyboardInterrupt):
         console.print("\n[bold]stopping…[/]")
@@ -493,7 +523,7 @@ def run_onebox(*, port: int | None, host: str, var_dir: Path, embedded: bool, bo
         return 1
     finally:
         sup.stop_all()
-        console.print(f"stopped: {', '.join(['s3'] + [c.name for c in sup.children])}" if sup.s3 else "stopped")
+        console.print(f"stopped: {', '.join(sup.names()) or 'nothing was running'}")
 
 
 def published_models() -> str:

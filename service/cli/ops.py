@@ -226,7 +226,7 @@ def run(
     host: Annotated[str, typer.Option(help="Interface the API binds.")] = "127.0.0.1",
     var_dir: Annotated[Path, typer.Option(help="Where state lives: database fallback, S3 data, secrets, logs.")] = Path("var"),
     embedded: Annotated[
-        bool, typer.Option("--embedded", help="Ignore local PostgreSQL/Redis; use SQLite and the folder broker.")
+        bool, typer.Option("--embedded", help="Ignore local PostgreSQL/Redis: SQLite and a private redis-server.")
     ] = False,
     bootstrap: Annotated[bool, typer.Option(help="Register and publish the shipped default model if none is published.")] = True,
     with_worker: Annotated[bool, typer.Option("--worker/--no-worker", help="Start one generation worker.")] = True,

@@ -122,7 +122,8 @@ def test_run_embedded_fallbacks_serve_and_stop_cleanly(fresh):
     try:
         run.wait_ready()
         out = run.output()
-        assert "embedded SQLite" in out and "embedded folder broker" in out and "embedded SeaweedFS" in out
+        assert "embedded SQLite" in out and "embedded redis-server" in out and "embedded SeaweedFS" in out
+        assert "1 Celery worker" in out
         keys = json.loads((fresh / "run-keys.json").read_text())
         assert (fresh / "run-keys.json").stat().st_mode & 0o077 == 0
         assert (fresh / "secrets.json").stat().st_mode & 0o077 == 0
@@ -137,13 +138,16 @@ def test_run_embedded_fallbacks_serve_and_stop_cleanly(fresh):
         run.kill()
         raise
     assert_all_gone(started, run.port)
-    assert len(started) >= 2  # at least SeaweedFS and the API
+    assert len(started) >= 4  # SeaweedFS, redis-server, the API, the worker
 
-    # A second run reuses the generated credentials and the keys.
+    # A second run reuses the generated credentials and the keys; this one on the folder broker (what
+    # a box without redis-server gets): the API works, and no worker is started without Redis.
     secrets_before = (fresh / "secrets.json").read_text()
-    again = Run(fresh, clean_env(XRAYSYNTH_ENVIRONMENT="development"), "--embedded", "--no-worker")
+    env = clean_env(XRAYSYNTH_ENVIRONMENT="development", XRAYSYNTH_BROKER_URL="filesystem://")
+    again = Run(fresh, env, "--embedded")
     try:
         again.wait_ready()
+        assert "the worker needs Redis" in again.output()
         assert (fresh / "secrets.json").read_text() == secrets_before
         assert json.loads((fresh / "run-keys.json").read_text())["researcher"]["key"] == researcher
         r = httpx.get(again.url + "/v1/conditions", headers={"Authorization": f"Bearer {researcher}"}, timeout=10)
