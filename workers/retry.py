@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import BinaryIO, TypeVar
@@ -71,28 +72,31 @@ def retrying(
     budget = get_settings().storage_retry_budget_s if budget_s is None else budget_s
     since: list[datetime] = []
 
-    def before_sleep(state: tenacity.RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        name = type(exc).__name__ if exc else "error"
-        if not since:
-            since.append(datetime.now(UTC))
-        # Class names only: botocore messages can carry endpoints and signed parameters.
-        log.warning("%s: storage unreachable (%s), retry %d", what, name, state.attempt_number)
-        if on_outage is not None:
-            try:
-                on_outage(since[0], name)
-            except Exception:  # progress display must never break the retry loop
-                log.exception("could not record the storage outage")
+    def attempt() -> T:
+        try:
+            return fn()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            # Class names only: botocore messages can carry endpoints and signed parameters.
+            log.warning("%s: storage unreachable (%s)", what, type(exc).__name__)
+            if not since:
+                since.append(datetime.now(UTC))
+                if on_outage is not None:
+                    try:
+                        on_outage(since[0], type(exc).__name__)
+                    except Exception:  # progress display must never break the retry loop
+                        log.exception("could not record the storage outage")
+            raise
 
     r = tenacity.Retrying(
         retry=tenacity.retry_if_exception(is_transient),
         wait=tenacity.wait_exponential(multiplier=0.25, min=0.25, max=8.0),
         stop=tenacity.stop_after_delay(budget),
-        before_sleep=before_sleep,
         reraise=False,
     )
     try:
-        result = r(fn)
+        result = r(attempt)
     except tenacity.RetryError as exc:
         last = exc.last_attempt.exception()
         raise StorageUnavailable(
@@ -118,22 +122,32 @@ def put_object(bucket: str, key: str, data: bytes, content_type: str, **hooks) -
 
 
 def upload_fileobj(bucket: str, key: str, fileobj: BinaryIO, content_type: str, sha256: str, **hooks) -> None:
-    """A large file (shard tar, manifest), multipart above service.storage.MULTIPART_THRESHOLD."""
+    """A large file (shard tar, manifest), multipart above service.storage.MULTIPART_THRESHOLD; its size
+    in the store is checked against the file's before this returns."""
     from boto3.s3.transfer import TransferConfig
 
+    fileobj.flush()  # the fresh handles below read the file itself, not this object's buffer
+    size = os.fstat(fileobj.fileno()).st_size
+
     def go() -> None:
-        fileobj.seek(0)  # a retried upload starts over
-        storage.internal_client().upload_fileobj(
-            fileobj, bucket, key,
-            ExtraArgs={"ContentType": content_type, "Metadata": {"sha256": sha256}},
-            Config=TransferConfig(
-                multipart_threshold=storage.MULTIPART_THRESHOLD,
-                multipart_chunksize=storage.MULTIPART_THRESHOLD,
-                use_threads=False,  # one shard at a time per worker; threads add nothing but memory
-            ),
-        )
+        # A fresh handle per attempt (a failed transfer closes the file it was given), from the start.
+        with os.fdopen(os.dup(fileobj.fileno()), "rb") as f:
+            f.seek(0)
+            storage.internal_client().upload_fileobj(
+                f, bucket, key,
+                ExtraArgs={"ContentType": content_type, "Metadata": {"sha256": sha256}},
+                Config=TransferConfig(
+                    multipart_threshold=storage.MULTIPART_THRESHOLD,
+                    multipart_chunksize=storage.MULTIPART_THRESHOLD,
+                    use_threads=False,  # one shard at a time per worker; threads add nothing but memory
+                ),
+            )
 
     retrying(go, what=f"uploading {key.rsplit('/', 1)[-1]}", **hooks)
+    stored = head_object(bucket, key, **hooks)
+    if stored is None or int(stored["ContentLength"]) != size:
+        raise RuntimeError(f"{key.rsplit('/', 1)[-1]}: the store holds {stored and stored['ContentLength']} bytes, "
+                           f"{size} were uploaded")
 
 
 def get_object(bucket: str, key: str, **hooks) -> bytes:
