@@ -1,0 +1,141 @@
+"""Determinism and crash safety with real worker processes: identical requests give identical bytes;
+kill -9 mid-dataset loses nothing; a storage outage fails with a reason and an admin retry resumes;
+cancelling deletes what was written."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import func, select
+
+from tests.workers.conftest import (
+    PLANT_SEED,
+    PLANT_SPEC,
+    approve,
+    get_dataset,
+    provenance,
+    release_object,
+    request_dataset,
+    shard_hashes,
+    wait_for,
+    wait_status,
+)
+
+SLOW = {"XRAYSYNTH_BATCH_PAUSE_S": "0.4"}  # ≥ 0.8 s a shard: a kill or an outage lands mid-dataset
+
+
+def done_images(dataset_id: str) -> int:
+    from service.datasets.models import Dataset
+    from service.db import session_scope
+
+    with session_scope() as s:
+        return s.scalar(select(Dataset.done_images).where(Dataset.id == uuid.UUID(dataset_id)))
+
+
+def test_same_request_same_bytes_with_two_workers(model_version, researcher, admin, api, start_worker):
+    a = request_dataset(api, researcher, PLANT_SPEC, PLANT_SEED)
+    b = request_dataset(api, researcher, PLANT_SPEC, PLANT_SEED)
+    approve(api, admin, a)
+    approve(api, admin, b)
+    workers = [start_worker(), start_worker()]  # the shards of both datasets are shared between them
+    wait_status(api, researcher, a, "ready", workers=workers)
+    wait_status(api, researcher, b, "ready", workers=workers)
+    ha, hb = shard_hashes(a), shard_hashes(b)
+    assert len(ha) == 3 and all(h[1] for h in ha)
+    assert ha == hb
+    assert release_object(a, "manifest.csv") == release_object(b, "manifest.csv")
+    assert [tuple(p) for p in provenance(a)] == [tuple(p) for p in provenance(b)]
+
+
+def test_kill_9_mid_dataset_another_worker_completes(model_version, researcher, admin, api, start_worker):
+    reference = request_dataset(api, researcher, PLANT_SPEC, PLANT_SEED)
+    approve(api, admin, reference)
+    first = start_worker(**SLOW)
+    wait_status(api, researcher, reference, "ready", workers=[first])
+
+    victim = request_dataset(api, researcher, PLANT_SPEC, PLANT_SEED)
+    approve(api, admin, victim)
+    wait_for(lambda: done_images(victim) >= 8, 60, "the first shard", [first])
+    first.kill9()
+    assert done_images(victim) < 24, "the worker finished before it could be killed"
+
+    second = start_worker()
+    wait_status(api, researcher, victim, "ready", timeout=60, workers=[second])
+    assert shard_hashes(victim) == shard_hashes(reference)
+    rows = provenance(victim)
+    assert len(rows) == 24 and len({r.index for r in rows}) == 24  # no duplicates, none missing
+    assert [tuple(r) for r in rows] == [tuple(r) for r in provenance(reference)]
+    assert release_object(victim, "manifest.csv") == release_object(reference, "manifest.csv")
+
+
+def test_storage_outage_fails_with_reason_and_admin_retry_resumes(model_version, researcher, admin, api, infra,
+                                                                  start_worker):
+    from service.datasets.models import Shard
+    from service.db import session_scope
+
+    ds_id = request_dataset(api, researcher, PLANT_SPEC, 11)
+    approve(api, admin, ds_id)
+    worker = start_worker(XRAYSYNTH_STORAGE_RETRY_BUDGET_S="3", **SLOW)
+    wait_for(lambda: done_images(ds_id) >= 8, 60, "the first shard", [worker])
+    notes = set()
+    infra.s3.stop()
+    try:
+        def failed():
+            ds = get_dataset(api, researcher, ds_id)
+            if ds["progress_note"]:
+                notes.add(ds["progress_note"])
+            return ds if ds["status"] == "failed" else None
+
+        ds = wait_for(failed, 60, "the dataset to fail", [worker])
+    finally:
+        infra.s3.restart()
+    assert "storage unreachable" in ds["error"]
+    assert any(n.startswith("storage unreachable since") for n in notes), notes
+    with session_scope() as s:
+        before = {sh.index: sh.updated_at for sh in s.scalars(select(Shard).where(Shard.dataset_id == uuid.UUID(ds_id)))
+                  if sh.status.value == "done"}
+    assert before and len(before) < 3
+
+    r = api.post(f"/v1/datasets/{ds_id}/retry", headers=admin.headers, json={"note": "storage is back"})
+    assert r.status_code == 200, r.text
+    wait_status(api, researcher, ds_id, "ready", timeout=60, workers=[worker])
+    with session_scope() as s:
+        after = {sh.index: sh.updated_at for sh in s.scalars(select(Shard).where(Shard.dataset_id == uuid.UUID(ds_id)))}
+    from service.audit.models import AuditEvent
+
+    with session_scope() as s:
+        starts = [e.details for e in s.scalars(select(AuditEvent).where(
+            AuditEvent.target_id == ds_id, AuditEvent.action == "dataset.start_generation").order_by(AuditEvent.id))]
+    assert starts[-1]["resumed"] is True and starts[-1]["regenerate"] == [], starts
+    assert all(after[i] == t for i, t in before.items()), (before, after)  # finished shards kept, not redone
+    rows = provenance(ds_id)
+    assert len(rows) == 24 and len({r.index for r in rows}) == 24 and all(r.nn_distance is not None for r in rows)
+
+
+def test_cancel_stops_the_shards_and_deletes_their_objects(model_version, researcher, admin, api, start_worker):
+    from service import storage
+    from service.audit.models import AuditEvent
+    from service.datasets.models import Shard
+    from service.db import session_scope
+    from service.settings import get_settings
+
+    ds_id = request_dataset(api, researcher, PLANT_SPEC, 12)
+    approve(api, admin, ds_id)
+    worker = start_worker(**SLOW)
+    wait_for(lambda: done_images(ds_id) >= 8, 60, "the first shard", [worker])
+    r = api.post(f"/v1/datasets/{ds_id}/cancel", headers=researcher.headers, json={"reason": "changed my mind"})
+    assert r.status_code == 200, r.text
+
+    def gone():
+        listed = storage.internal_client().list_objects_v2(Bucket=get_settings().release_bucket,
+                                                           Prefix=f"datasets/{ds_id}/")
+        with session_scope() as s:
+            shards = s.scalar(select(func.count()).select_from(Shard).where(Shard.dataset_id == uuid.UUID(ds_id)))
+        return listed.get("KeyCount", 0) == 0 and shards == 0
+
+    wait_for(gone, 30, "the cancelled dataset's objects to be deleted", [worker])
+    assert provenance(ds_id) == []
+    with session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(AuditEvent).where(
+            AuditEvent.target_id == ds_id, AuditEvent.action == "dataset.outputs_deleted")) == 1
+    assert get_dataset(api, researcher, ds_id)["status"] == "cancelled"
