@@ -1,64 +1,136 @@
-"""The pipeline's steps called in-process (no Celery): plan → every shard → finalise."""
+"""The pipeline's steps called in-process (no Celery): the release gate in finalise, and the sweeper."""
 
 from __future__ import annotations
 
-import io
-import json
+import uuid
+from datetime import timedelta
 
-import numpy as np
 import pytest
-from sqlalchemy import func, select
-
-from tests.workers.conftest import PLANT_SEED, PLANT_SPEC, PLANTED
+from sqlalchemy import select, update
 
 
-def make_dataset(session, *, account_id, model_version_id, spec, seed, fmt="png", heatmaps=True, status="approved"):
-    from service.datasets.models import Dataset, DatasetStatus, ImageFormat
-
-    ds = Dataset(account_id=account_id, model_version_id=model_version_id, spec=spec, total_images=sum(spec.values()),
-                 format=ImageFormat(fmt), heatmaps=heatmaps, seed=seed, purpose="testing the worker pipeline end to end",
-                 status=DatasetStatus(status), done_images=0)
-    session.add(ds)
-    session.flush()
-    return ds
-
-
-def test_plan_shards_finalise_in_process(model_version, researcher, monkeypatch):
-    monkeypatch.setenv("XRAYSYNTH_SHARD_SIZE", "8")
-    monkeypatch.setenv("XRAYSYNTH_ENCODE_PROCESSES", "0")
-    monkeypatch.setenv("XRAYSYNTH_CPU_BATCH_SIZE", "4")
+@pytest.fixture
+def worker_env(monkeypatch):
     from service.settings import get_settings
     from workers.config import worker_settings
 
+    for k, v in {"XRAYSYNTH_SHARD_SIZE": "4", "XRAYSYNTH_ENCODE_PROCESSES": "0", "XRAYSYNTH_CPU_BATCH_SIZE": "4",
+                 "XRAYSYNTH_SWEEP_INTERVAL_S": "1"}.items():
+        monkeypatch.setenv(k, v)
     get_settings.cache_clear()
     worker_settings.cache_clear()
-    from service import storage
-    from service.datasets.models import Dataset, Shard, SyntheticImage
+    yield
+    get_settings.cache_clear()
+    worker_settings.cache_clear()
+
+
+def make_dataset(*, account_id, model_version_id, spec, seed, status="approved", fmt="png"):
+    from service.datasets.models import Dataset, DatasetStatus, ImageFormat
+    from service.db import session_scope
+
+    with session_scope() as s:
+        ds = Dataset(account_id=account_id, model_version_id=model_version_id, spec=spec,
+                     total_images=sum(spec.values()), format=ImageFormat(fmt), heatmaps=True, seed=seed,
+                     purpose="testing the worker pipeline in process", status=DatasetStatus(status), done_images=0)
+        s.add(ds)
+        s.flush()
+        return ds.id
+
+
+def status(ds_id):
+    from service.datasets.models import Dataset
+    from service.db import session_scope
+
+    with session_scope() as s:
+        ds = s.get(Dataset, ds_id)
+        return ds.status.value, ds.error
+
+
+def test_finalise_refuses_images_the_filter_did_not_score(model_version, researcher, worker_env):
+    from service.audit.service import Actor
+    from service.datasets.models import Dataset, DatasetStatus, SyntheticImage
+    from service.datasets.transitions import transition
     from service.db import session_scope
     from workers import finalise, plan, shard
 
-    with session_scope() as s:
-        ds = make_dataset(s, account_id=researcher.id, model_version_id=model_version.id, spec=PLANT_SPEC,
-                          seed=PLANT_SEED)
-        ds_id = ds.id
+    ds_id = make_dataset(account_id=researcher.id, model_version_id=model_version.id, spec={"Mass": 6}, seed=5)
     assert plan.plan_dataset(ds_id) == "planned"
-    for i in range(3):
-        assert shard.run_shard(ds_id, i) == "recorded"
-    assert finalise.finalise_dataset(ds_id) == "ready"
+    assert [shard.run_shard(ds_id, i) for i in (0, 1)] == ["recorded", "recorded"]
+    assert shard.run_shard(ds_id, 0) == "already_done"  # a duplicate message changes nothing
     with session_scope() as s:
-        ds = s.get(Dataset, ds_id)
-        assert ds.status.value == "ready", ds.error
-        rows = list(s.scalars(select(SyntheticImage).where(SyntheticImage.dataset_id == ds_id)
-                              .order_by(SyntheticImage.index)))
-        assert [r.index for r in rows] == list(range(24))
-        assert all(r.nn_distance is not None for r in rows)
-        regenerated = {r.index for r in rows if r.attempt > 0}
-        assert set(PLANTED) <= regenerated
-        assert ds.privacy_summary["n_rejected"] >= len(PLANTED)
-    s3 = get_settings()
-    card = json.loads(storage.get_bytes(s3.release_bucket, f"datasets/{ds_id}/dataset_card.json"))
-    print(json.dumps(card, indent=1)[:3000])
-    ev = json.loads(storage.get_bytes(s3.private_bucket, f"evidence/{ds_id}/evidence.json"))
-    print({k: ev[k] for k in ("n_rejected", "n_released", "closest_pairs")})
-    open("/work/main/runs/preview-inprocess.png", "wb").write(storage.get_bytes(s3.release_bucket, f"datasets/{ds_id}/preview.png"))
-    open("/work/main/runs/pairs-inprocess.png", "wb").write(storage.get_bytes(s3.private_bucket, f"evidence/{ds_id}/pairs.png"))
+        s.execute(update(SyntheticImage).where(SyntheticImage.dataset_id == ds_id, SyntheticImage.index == 4)
+                  .values(nn_distance=None))
+    assert finalise.finalise_dataset(ds_id) == "failed"
+    st, error = status(ds_id)
+    assert st == "failed" and "no memorisation-filter score" in error
+
+    # An admin retry with every shard already done goes straight to finalise (which re-checks).
+    with session_scope() as s:
+        s.execute(update(SyntheticImage).where(SyntheticImage.dataset_id == ds_id, SyntheticImage.index == 4)
+                  .values(nn_distance=1.0))
+        transition(s, s.get(Dataset, ds_id), DatasetStatus.approved, actor=Actor(None, "admin", "admin"))
+    assert plan.plan_dataset(ds_id) == "planned"
+    assert finalise.finalise_dataset(ds_id) == "ready"
+    assert status(ds_id) == ("ready", None)
+
+
+def test_model_without_privacy_index_cannot_generate(model_version, researcher, worker_env):
+    from service.db import session_scope
+    from service.modelversions.models import ModelVersion
+    from workers import plan
+
+    with session_scope() as s:
+        s.execute(update(ModelVersion).where(ModelVersion.id == model_version.id).values(privacy_index_key=None))
+    ds_id = make_dataset(account_id=researcher.id, model_version_id=model_version.id, spec={"Mass": 2}, seed=1)
+    assert plan.plan_dataset(ds_id) == "failed"
+    st, error = status(ds_id)
+    assert st == "failed" and "privacy index" in error
+
+
+def test_sweeper_requeues_lost_work_and_fails_stale_datasets(model_version, researcher, worker_env):
+    import redis
+
+    from service.datasets.models import Dataset, DatasetStatus, Shard, ShardStatus
+    from service.db import session_scope
+    from service.settings import get_settings
+    from service.timeutil import utcnow
+    from workers import leases
+    from workers.sweeper import sweep
+
+    r = redis.Redis.from_url(get_settings().broker_url)
+    now = utcnow()
+    lost = make_dataset(account_id=researcher.id, model_version_id=model_version.id, spec={"Mass": 8}, seed=1,
+                        status="generating")
+    stale = make_dataset(account_id=researcher.id, model_version_id=model_version.id, spec={"Mass": 8}, seed=2,
+                         status="generating")
+    unplanned = make_dataset(account_id=researcher.id, model_version_id=model_version.id, spec={"Mass": 8}, seed=3)
+    crashy = make_dataset(account_id=researcher.id, model_version_id=model_version.id, spec={"Mass": 4}, seed=4,
+                          status="generating")
+    with session_scope() as s:
+        for ds_id, n in ((lost, 2), (stale, 2), (crashy, 1)):
+            for k in range(n):
+                s.add(Shard(dataset_id=ds_id, index=k, start=4 * k, stop=4 * k + 4, seed_base=1,
+                            object_key=f"datasets/{ds_id}/shards/shard-{k:05d}.tar", status=ShardStatus.pending))
+        s.execute(update(Dataset).where(Dataset.id == lost).values(heartbeat_at=now))
+        s.execute(update(Dataset).where(Dataset.id == crashy).values(heartbeat_at=now))
+        s.execute(update(Dataset).where(Dataset.id == stale).values(heartbeat_at=now - timedelta(hours=2),
+                                                                    updated_at=now - timedelta(hours=2)))
+        s.execute(update(Dataset).where(Dataset.id == unplanned).values(updated_at=now - timedelta(minutes=5)))
+    leases.Lease(leases.shard_job(lost, 1), ttl_s=30).acquire()  # shard 1 is being worked on
+    for _ in range(leases_starts := 4):
+        leases.count_start(leases.shard_job(crashy, 0))
+
+    first = sweep(force=True)
+    assert first.planned == [str(unplanned)]
+    assert first.failed == [str(stale)]  # two hours without a sign of life and nothing queued or running
+    assert first.requeued_shards == []  # a job is only lost if two sweeps in a row find it so
+    second = sweep(force=True)
+    assert second.requeued_shards == [(str(lost), 0)]
+    assert second.failed == [str(crashy)]
+    assert r.llen("generation") == 2  # one plan, one shard
+    third = sweep(force=True)
+    assert third.requeued_shards == [] and third.planned == []  # queued now: nothing is sent twice
+    assert "no progress" in status(stale)[1]
+    assert f"started {leases_starts} times" in status(crashy)[1]
+    with session_scope() as s:
+        assert s.get(Dataset, lost).status == DatasetStatus.generating

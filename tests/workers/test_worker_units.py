@@ -1,0 +1,78 @@
+"""Fast checks of the worker's pure parts: deterministic encoding, image order, torch-free imports."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pydicom
+
+from workers.encode import EncodeContext, ImageRecord, ShardTarWriter, encode_chunk
+
+ROOT = "2.25.228568378074534275219737398473140366002."
+
+
+def records(n=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return [ImageRecord(i, "Mass", 7, i % 2, 0.25, 1.5, rng.integers(0, 256, (128, 128), dtype=np.uint8),
+                        rng.integers(0, 256, (32, 32), dtype=np.uint8)) for i in range(n)]
+
+
+def ctx(fmt="dicom", dataset_id="d1"):
+    return EncodeContext(dataset_id, fmt, {"id": "m", "name": "cxr", "version": "1"}, 6, ROOT, {"Mass": 11})
+
+
+def tar_bytes(encoded) -> bytes:
+    buf = io.BytesIO()
+    w = ShardTarWriter(buf)
+    for e in encoded:
+        w.add_sample(e)
+    w.close()
+    return buf.getvalue()
+
+
+def test_dicom_is_deterministic_synthetic_and_readable():
+    a, b = encode_chunk(records(), ctx()), encode_chunk(records(), ctx())
+    assert tar_bytes(a) == tar_bytes(b)
+    other = encode_chunk(records(), ctx(dataset_id="d2"))
+    d1 = pydicom.dcmread(io.BytesIO(a[0].members[0][1]))
+    d2 = pydicom.dcmread(io.BytesIO(other[0].members[0][1]))
+    assert d1.SOPInstanceUID.startswith(ROOT) and d1.SOPInstanceUID != d2.SOPInstanceUID  # unique per dataset
+    assert str(d1.PatientName).startswith("SYNTHETIC") and d1.ConversionType == "SYN"
+    assert not d1.get("StudyDate") and not d1.get("PatientBirthDate")
+    assert (d1.pixel_array == records()[0].pixels).all()
+
+
+def test_tar_is_webdataset_ordered_with_fixed_headers():
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes(encode_chunk(records(), ctx("png"))))) as tar:
+        members = tar.getmembers()
+    names = [m.name for m in members]
+    assert names == sorted(names) and names[:3] == ["000000.heatmap.png", "000000.json", "000000.png"]
+    assert {(m.mtime, m.uid, m.gid, m.uname, m.mode) for m in members} == {(0, 0, 0, "", 0o444)}
+
+
+def test_image_order_follows_the_model_not_the_request():
+    from workers.shard import block_of, image_blocks, preview_indices
+
+    model = ["No Finding", "Atelectasis", "Mass"]
+    blocks = image_blocks({"Mass": 3, "No Finding": 2}, model)
+    assert blocks == [("No Finding", 2), ("Mass", 3)]
+    assert block_of(np.arange(5), blocks).tolist() == [0, 0, 1, 1, 1]
+    assert preview_indices(blocks, 2).tolist() == [0, 1, 2, 3]
+
+
+def test_worker_parent_and_researcher_cli_never_import_torch(infra):
+    import os
+
+    code = ("import sys, workers.celery_app, workers.tasks, workers.sweeper, service.cli; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, **infra.env})
+
+
+def test_conditions_option_parsing():
+    from service.cli.researcher import parse_conditions
+
+    assert parse_conditions(["Mass=100", "Pleural_Thickening=5", "Mass=1"]) == {"Mass": 101, "Pleural_Thickening": 5}
