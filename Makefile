@@ -35,6 +35,7 @@ test: install
 lint: install
 	$(BIN)/python -m compileall -q service workers models migrations tests
 
-# Forget the one-box state (database fallback, S3 data, generated secrets and keys).
+# Forget the one-box state (SQLite fallback, S3 data, generated secrets and keys). A local PostgreSQL
+# database `xraysynth` is left alone: drop it too (dropdb -h 127.0.0.1 -U postgres xraysynth) to start over.
 clean-var:
 	rm -rf var

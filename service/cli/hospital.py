@@ -56,15 +56,20 @@ def models_list(
 
     settings_or_exit()
     statuses = list(ModelStatus) if include_all else [ModelStatus.published]
-    table = Table("id", "model", "status", "conditions", "DP ε", "privacy index", "published", "blockers")
+    table = Table()
+    table.add_column("model", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    for name in ("conditions", "DP ε", "privacy index", "published", "blockers"):
+        table.add_column(name)
+    table.add_column("id", overflow="fold", min_width=8)
     with session_scope() as session:
         for mv in list_models(session, statuses=statuses):
             table.add_row(
-                str(mv.id), f"{mv.name}:{mv.version}", mv.status.value, str(len(mv.conditions or [])),
+                f"{mv.name}:{mv.version}", mv.status.value, str(len(mv.conditions or [])),
                 f"{mv.dp_epsilon:g}" if mv.dp_epsilon is not None else "—",
                 "yes" if mv.privacy_index_key else "[yellow]no[/]",
                 f"{mv.published_at:%Y-%m-%d %H:%M}" if mv.published_at else "",
-                "; ".join(publish_blockers(mv)) if mv.status == ModelStatus.draft else "",
+                "; ".join(publish_blockers(mv)) if mv.status == ModelStatus.draft else "", str(mv.id),
             )
     console.print(table)
 
@@ -235,11 +240,21 @@ def bootstrap_default_model(console: Console) -> str:
     from service.modelversions.service import list_models
     from service.settings import get_settings
 
+    from service import storage
+
     settings = get_settings()
     with session_scope() as session:
-        published = [f"{m.name}:{m.version}" for m in list_models(session, statuses=[ModelStatus.published])]
+        rows = list_models(session, statuses=[ModelStatus.published])
+        published = [(f"{m.name}:{m.version}", m.checkpoint_key) for m in rows]
     if published:
-        return f"published: {', '.join(published)}"
+        # The database can outlive the object store (a local PostgreSQL kept while var/ was deleted):
+        # a published model whose checkpoint is gone cannot generate, so say so plainly.
+        lost = [label for label, key in published if not storage.exists(settings.private_bucket, key)]
+        if lost:
+            return (f"[yellow]published but missing from the S3 store: {', '.join(lost)} — the database kept "
+                    "them while the store's data was removed; retire them (`xraysynth models retire`) or "
+                    "start from an empty database[/]")
+        return f"published: {', '.join(label for label, _ in published)}"
 
     ckpt_dir = default_checkpoint_dir()
     bundle_path, card_path = ckpt_dir / "bundle.pt", ckpt_dir / "card.json"

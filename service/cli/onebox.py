@@ -83,6 +83,13 @@ def load_secrets(var_dir: Path) -> dict:
 # ------------------------------------------------------------------------------------- choose backends
 
 
+def configured(name: str) -> str | None:
+    """A setting the user gave, in the environment or in .env (where the settings also look)."""
+    from dotenv import dotenv_values
+
+    return os.environ.get(name) or dotenv_values(".env").get(name) or None
+
+
 @dataclass
 class Choice:
     env: dict[str, str]
@@ -107,7 +114,7 @@ def _postgres_database(url: str) -> None:
 
 
 def choose_database(var_dir: Path, embedded: bool) -> Choice:
-    if os.environ.get("XRAYSYNTH_DATABASE_URL"):
+    if configured("XRAYSYNTH_DATABASE_URL"):
         return Choice({}, "configured (XRAYSYNTH_DATABASE_URL)")
     why = "--embedded"
     if not embedded:
@@ -132,13 +139,13 @@ def _redis_answers(url: str) -> bool:
 
 
 def choose_broker(var_dir: Path, embedded: bool) -> Choice:
-    configured = os.environ.get("XRAYSYNTH_BROKER_URL")
-    if configured:
+    given = configured("XRAYSYNTH_BROKER_URL")
+    if given:
         env = {}
-        if configured.startswith("filesystem://"):  # a folder broker needs no server, but an absolute folder
-            env["XRAYSYNTH_BROKER_FOLDER"] = os.environ.get("XRAYSYNTH_BROKER_FOLDER") or str((var_dir / "broker").resolve())
-            env["XRAYSYNTH_RATE_LIMIT_STORAGE_URL"] = os.environ.get("XRAYSYNTH_RATE_LIMIT_STORAGE_URL") or "memory://"
-        return Choice(env, f"configured (XRAYSYNTH_BROKER_URL={configured.split('@')[-1]})")
+        if given.startswith("filesystem://"):  # a folder broker needs no server, but an absolute folder
+            env["XRAYSYNTH_BROKER_FOLDER"] = configured("XRAYSYNTH_BROKER_FOLDER") or str((var_dir / "broker").resolve())
+            env["XRAYSYNTH_RATE_LIMIT_STORAGE_URL"] = configured("XRAYSYNTH_RATE_LIMIT_STORAGE_URL") or "memory://"
+        return Choice(env, f"configured (XRAYSYNTH_BROKER_URL={given.split('@')[-1]})")
     why = "--embedded"
     if not embedded:
         why = "no Redis answering on 127.0.0.1:6379"
@@ -422,16 +429,16 @@ def run_onebox(*, port: int | None, host: str, var_dir: Path, embedded: bool, bo
     sup.install()
     try:
         creds = load_secrets(var_dir)
-        env: dict[str, str] = {"XRAYSYNTH_ENVIRONMENT": os.environ.get("XRAYSYNTH_ENVIRONMENT", "development")}
+        env: dict[str, str] = {"XRAYSYNTH_ENVIRONMENT": configured("XRAYSYNTH_ENVIRONMENT") or "development"}
         db_choice, broker_choice = choose_database(var_dir, embedded), choose_broker(var_dir, embedded)
         env.update(db_choice.env)
         env.update(broker_choice.env)
         if "XRAYSYNTH_BROKER_FOLDER" in env:  # kombu's folder transport expects its folders to exist
             for folder in (env["XRAYSYNTH_BROKER_FOLDER"], env["XRAYSYNTH_BROKER_FOLDER"] + "-processed"):
                 Path(folder).mkdir(parents=True, exist_ok=True)
-        if not os.environ.get("XRAYSYNTH_API_KEY_PEPPER"):
+        if not configured("XRAYSYNTH_API_KEY_PEPPER"):
             env["XRAYSYNTH_API_KEY_PEPPER"] = creds["api_key_pepper"]
-        if not os.environ.get("XRAYSYNTH_TRAINSET_DIR"):
+        if not configured("XRAYSYNTH_TRAINSET_DIR"):
             env["XRAYSYNTH_TRAINSET_DIR"] = str(var_dir / "trainset")
 
         with console.status("starting the embedded S3 store (SeaweedFS)…"), sup.critical():

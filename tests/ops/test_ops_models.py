@@ -86,6 +86,16 @@ def test_bootstrap_without_data_leaves_a_draft_then_publishes_once_data_exists(s
     r = cli("models", "bootstrap-default")  # idempotent
     assert r.exit_code == 0 and "published: cxr-dcgan:t1" in r.output
 
+    from service import storage
+    from service.settings import get_settings
+
+    key = "models/cxr-dcgan/t1/bundle.pt"
+    kept = storage.get_bytes(get_settings().private_bucket, key)
+    storage.internal_client().delete_object(Bucket=get_settings().private_bucket, Key=key)
+    r = cli("models", "bootstrap-default")  # a database that outlived the object store is reported
+    assert "missing from the S3 store: cxr-dcgan:t1" in r.output
+    storage.put_bytes(get_settings().private_bucket, key, kept)
+
     assert cli("models", "retire", "cxr-dcgan:t1", "--note", "test").exit_code == 0
     r = cli("models", "bootstrap-default")
     assert "retired by an admin" in r.output  # an admin's retirement is not undone
