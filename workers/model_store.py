@@ -251,7 +251,9 @@ def load_model(model_version_id: uuid.UUID, *, storage_hooks: dict | None = None
     ckpt = _verified(retry.get_object(bucket, keys[0], **hooks), keys[1], "checkpoint")
     index_bytes = _verified(retry.get_object(bucket, keys[2], **hooks), keys[3], "privacy index")
     device = pick_device()
-    bundle = load_bundle(ckpt, device=device)
+    from workers.shard import prepare_for_inference
+
+    bundle = prepare_for_inference(load_bundle(ckpt, device=device))
     index = PrivacyIndex.load(index_bytes).to(device)
     loaded = LoadedModel(model_version_id, name, version, bundle, index, Calibration.from_dict(cal), device)
     with _lock:

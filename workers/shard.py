@@ -84,6 +84,16 @@ def preview_indices(blocks: list[tuple[str, int]], per_condition: int = PREVIEW_
 
 # -- the device stage -------------------------------------------------------------------------
 
+def prepare_for_inference(bundle):
+    """Channels-last weights: oneDNN (CPU) and tensor cores (GPU) run these convolutions about twice as
+    fast in NHWC. Done once per loaded model; the pixels depend on it, so every path uses it."""
+    import torch
+
+    for m in (bundle.generator, bundle.classifier):
+        m.to(memory_format=torch.channels_last)
+    return bundle
+
+
 class DeviceStage:
     """Generator + Grad-CAM for (indices, attempts), as ``filter_and_replace`` wants it.
 
@@ -304,14 +314,14 @@ def produce_shard(
 
 # -- recording --------------------------------------------------------------------------------
 
-def bulk_insert_provenance(session, rows: list[tuple]) -> None:
+def bulk_insert_provenance(session, rows: list[tuple], table: str = "synthetic_images") -> None:
     """COPY on Postgres (a million rows a dataset); executemany elsewhere (SQLite fallback)."""
     session.flush()
     conn = session.connection()
     if conn.dialect.name == "postgresql":
         raw = conn.connection.dbapi_connection
         cols = ", ".join(f'"{c}"' for c in PROVENANCE_COLUMNS)
-        with raw.cursor() as cur, cur.copy(f"COPY synthetic_images ({cols}) FROM STDIN") as copy:
+        with raw.cursor() as cur, cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
     elif rows:

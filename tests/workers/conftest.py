@@ -98,7 +98,9 @@ def toy_model(tmp_path_factory) -> ToyModel:
     from models.trainset import TrainSet, fingerprint, write_trainset
 
     data = _toy_bundle_bytes()
-    bundle = load_bundle(data)  # fp16 round trip: exactly the weights the worker will load
+    from workers.shard import prepare_for_inference
+
+    bundle = prepare_for_inference(load_bundle(data))  # fp16 round trip: exactly what the worker loads
     rng = np.random.default_rng(0)
     p = np.arange(N_PATIENTS)
     conds = [CONDITIONS[i % len(CONDITIONS)] for i in p]
