@@ -1,24 +1,30 @@
-"""Mount a command that lives in a heavy module (models/, workers/) without importing it up front.
+"""Mount a command that lives in another part (workers/, models/) without importing it up front.
 
-The root CLI must not import torch, so `xraysynth ingest …` is a thin pass-through: the first time it
-runs it imports the owning module and hands it the raw arguments (including `--help`). The target may
-be a typer app (with `name` as one of its commands, or as its only command), a click command, or a
-plain function that typer can turn into a command.
+The root CLI must stay cheap and torch-free whatever the owning module imports, so `xraysynth bench
+pipeline …` is a thin pass-through: when it runs it imports the module and hands it the raw arguments
+(`--help` included). The target may be a typer app (with `name` as one of its commands, or as its only
+command), a click command, or a plain function that typer can turn into a command.
 """
 
 from __future__ import annotations
 
 import importlib
 
-import click
 import typer
 
+# Typer may ship its own copy of click, so commands are recognised by shape, not by click's classes.
 
-def as_click(obj, name: str) -> click.Command:
-    if isinstance(obj, click.Command):
-        return obj
+
+def _is_command(obj) -> bool:
+    return callable(getattr(obj, "main", None)) and hasattr(obj, "params")
+
+
+def as_click(obj, name: str):
+    """A click-style command (anything with .main) for a typer app, a command, or a plain function."""
     if isinstance(obj, typer.Typer):
         return typer.main.get_command(obj)
+    if _is_command(obj):
+        return obj
     if callable(obj):
         wrapper = typer.Typer(add_completion=False)
         wrapper.command(name=name)(obj)
@@ -26,17 +32,18 @@ def as_click(obj, name: str) -> click.Command:
     raise TypeError(f"{obj!r} is not a command")
 
 
-def resolve(module: str, candidates: list[str], name: str) -> click.Command:
-    """The click command for `name`, from the first of `candidates` that `module` defines."""
+def resolve(module: str, candidates: list[str], name: str):
+    """The command for `name`, from the first of `candidates` that `module` defines."""
     mod = importlib.import_module(module)
     for attr in candidates:
         obj = getattr(mod, attr, None)
         if obj is None:
             continue
         command = as_click(obj, name)
-        if isinstance(command, click.Group):
-            if name in command.commands:
-                return command.commands[name]
+        subcommands = getattr(command, "commands", None)
+        if isinstance(subcommands, dict):  # a group: take the named command from it
+            if name in subcommands:
+                return subcommands[name]
             continue  # a group without this command: try the next candidate
         return command
     raise LookupError(f"{module} defines none of {', '.join(candidates)} for `{name}`")
