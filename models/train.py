@@ -375,6 +375,7 @@ def train_gan(cfg: GanConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "ckpt.pt"
 
+    torch.manual_seed(cfg.seed)  # weight init; everything after draws from (seed, step) generators
     G, D = _gan_networks(cfg, n_classes, device)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     optG = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
