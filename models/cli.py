@@ -105,10 +105,27 @@ def evaluate_command(
                                eval_epochs=eval_epochs, seed=seed, device=device, threads=threads))
 
 
+def preview_command(
+    model: Annotated[Path, typer.Argument(help="bundle.pt", exists=True, dir_okay=False)],
+    out: Annotated[Path, typer.Option(help="PNG to write")] = Path("runs/grid.png"),
+    per_condition: int = 6,
+    heatmaps: bool = True,
+    seed: int = 0,
+) -> None:
+    """A grid of generated images per condition, with their Grad-CAM heatmaps underneath."""
+    from .bundle import load_bundle
+    from .preview import save_preview
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_preview(load_bundle(model), out, per_condition=per_condition, heatmaps=heatmaps, seed=seed)
+    typer.echo(str(out))
+
+
 app = typer.Typer(help="xraysynth hospital-side ML commands (models/)", no_args_is_help=True)
 app.command("ingest")(ingest_command)
 app.add_typer(train_app, name="train")
 app.command("evaluate")(evaluate_command)
+app.command("preview")(preview_command)
 
 if __name__ == "__main__":
     app()

@@ -596,7 +596,7 @@ def _make_private(cfg: GanConfig, D, optD, tr: TrainSet, accountant_state, conso
     sample_rate = cfg.batch_size / len(tr)
     info = {"target_epsilon": cfg.epsilon, "delta": cfg.delta, "noise_multiplier": float(optD.noise_multiplier),
             "max_grad_norm": cfg.max_grad_norm, "sample_rate": sample_rate, "accountant": "rdp",
-            "planned_epochs": cfg.dp_epochs, "mechanism": "DP-SGD (Opacus) on the discriminator; generator by post-processing"}
+            "planned_epochs": cfg.dp_epochs, "secure_mode": False, "mechanism": "DP-SGD (Opacus) on the discriminator; generator by post-processing"}
     console.print(f"DP: noise multiplier {info['noise_multiplier']:.3f}, clip {cfg.max_grad_norm}, "
                   f"sample rate {sample_rate:.4f}, target eps {cfg.epsilon} delta {cfg.delta}")
     return engine, D, optD, loader, info
