@@ -62,7 +62,9 @@ def train_gan_command(
     ngf: int = 32,
     ndf: int = 32,
     lr_g: float = 2e-4,
-    lr_d: float = 2e-4,
+    lr_d: float = 8e-4,
+    d_norm: Annotated[str, typer.Option(help="discriminator normalisation: sn | gn | none")] = "sn",
+    log_every: int = 0,
     balance: Annotated[str, typer.Option(help="none | sqrt | full")] = "sqrt",
     shift: int = 8,
     eval_every: int = 500,
@@ -81,7 +83,7 @@ def train_gan_command(
 
     train_gan(GanConfig(trainset=str(trainset), out=str(out), classifier=str(classifier) if classifier else None,
                         iters=iters, minutes=minutes, batch_size=batch_size, ngf=ngf, ndf=ndf, lr_g=lr_g,
-                        lr_d=lr_d, balance=balance, shift=shift, eval_every=eval_every, seed=seed, resume=resume,
+                        lr_d=lr_d, d_norm=d_norm, log_every=log_every, balance=balance, shift=shift, eval_every=eval_every, seed=seed, resume=resume,
                         dp=dp, epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, dp_epochs=dp_epochs,
                         device=device, threads=threads))
 
