@@ -495,7 +495,7 @@ def run_onebox(*, port: int | None, host: str, var_dir: Path, embedded: bool, bo
         if with_worker and not worker_ok:
             worker_note = ("[yellow]none: the worker needs Redis (its leases live there); approved requests "
                            "wait until it runs[/]" if _worker_available() else
-                           "[yellow]none: workers.main is not in this installation; requests wait in the queue[/]")
+                           "[yellow]none: this installation lacks the worker extra (torch); requests wait in the queue[/]")
         if worker_ok:
             with sup.critical():
                 sup.children.append(spawn("worker", [
@@ -550,6 +550,6 @@ def _worker_available() -> bool:
     import importlib.util
 
     try:
-        return importlib.util.find_spec("workers.main") is not None
+        return all(importlib.util.find_spec(m) is not None for m in ("workers.main", "torch", "models"))
     except ImportError:
         return False

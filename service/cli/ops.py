@@ -118,7 +118,15 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "info",
 ) -> None:
     """Run a generation worker (Celery) that consumes approved datasets."""
+    import importlib.util
+
     settings_or_exit()
+    # Checked up front: Celery would start without torch and only fail on the first task (the API
+    # image has no torch and no models/).
+    missing = [m for m in ("torch", "models") if importlib.util.find_spec(m) is None]
+    if missing:
+        err_console.print(f"[red]the worker needs the `worker` extra and models/ (missing: {', '.join(missing)})[/]")
+        raise typer.Exit(1)
     try:
         from workers.main import run_worker
     except ImportError as exc:
