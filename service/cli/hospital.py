@@ -1,5 +1,5 @@
-"""Hospital commands: `ingest`, `train`, `evaluate` (from models/cli.py) and `models` (register, publish,
-retire, list, bootstrap-default).
+"""Hospital commands: `ingest`, `train`, `evaluate`, `preview` (models/cli.py's app) and `models`
+(register, publish, retire, list, bootstrap-default).
 
 models/cli.py imports torch only inside its commands, so mounting it is cheap; where models/ is not
 installed at all (the API image) those commands are simply absent.
@@ -302,9 +302,9 @@ def _mount_models_cli(app: typer.Typer) -> None:
         from models import cli as models_cli
     except ImportError:  # the API image has no models/ package: no hospital ML commands there
         return
-    app.command("ingest")(models_cli.ingest_command)
-    app.add_typer(models_cli.train_app, name="train")
-    app.command("evaluate")(models_cli.evaluate_command)
+    # Merged without a name: every command of models/cli.py (ingest, train, evaluate, preview, …)
+    # becomes a top-level command, including ones added there later.
+    app.add_typer(models_cli.app)
 
 
 def register(app: typer.Typer) -> None:
