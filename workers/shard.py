@@ -16,6 +16,7 @@ import io
 import logging
 import os
 import tempfile
+import threading
 import time
 import uuid
 from collections import deque
@@ -369,21 +370,25 @@ def record_shard(job: ShardJob, output: ShardOutput) -> tuple[str, bool]:
 # -- the task body ----------------------------------------------------------------------------
 
 _pool = None
+_pool_lock = threading.Lock()  # a threads pool may start two shard tasks at once
 
 
 def encode_pool():
     """One process pool per worker process, made on first use. Spawned, never forked: the parent may
     hold a CUDA context and torch's thread pools, which a fork would copy in a broken state."""
     global _pool
-    size = worker_settings().encode_pool_size
-    if size == 0:
-        return None
-    if _pool is None:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing as mp
 
-        _pool = ProcessPoolExecutor(max_workers=size, mp_context=mp.get_context("spawn"))
-    return _pool
+    size = worker_settings().encode_pool_size
+    # A prefork child is daemonic and may not have children; its siblings already share the cores.
+    if size == 0 or mp.current_process().daemon:
+        return None
+    with _pool_lock:
+        if _pool is None:
+            from concurrent.futures import ProcessPoolExecutor
+
+            _pool = ProcessPoolExecutor(max_workers=size, mp_context=mp.get_context("spawn"))
+        return _pool
 
 
 def shutdown_pool() -> None:
