@@ -159,3 +159,9 @@ def test_request_to_verified_download(model_version, researcher, researcher_b, a
     assert httpx.get(url).status_code in (403, 404)
     assert api.get(f"/v1/datasets/{png_id}/download", headers=researcher.headers).status_code == 410
     assert get_dataset(api, researcher, dcm_id)["status"] == "ready"
+
+    # the CLI's request command posts a request that waits for review
+    r = cli("request", "--condition", "Mass=3", "--condition", "No Finding=2", "--seed", "9",
+            "--purpose", "a second small set for the CLI test", *auth)
+    assert r.exit_code == 0, r.output
+    assert "pending_review" in r.output

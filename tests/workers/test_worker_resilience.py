@@ -4,6 +4,8 @@ cancelling deletes what was written."""
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 
 from sqlalchemy import func, select
@@ -32,12 +34,14 @@ def done_images(dataset_id: str) -> int:
         return s.scalar(select(Dataset.done_images).where(Dataset.id == uuid.UUID(dataset_id)))
 
 
-def test_same_request_same_bytes_with_two_workers(model_version, researcher, admin, api, start_worker):
+def test_same_request_same_bytes_across_workers(model_version, researcher, admin, api, start_worker):
     a = request_dataset(api, researcher, PLANT_SPEC, PLANT_SEED)
     b = request_dataset(api, researcher, PLANT_SPEC, PLANT_SEED)
     approve(api, admin, a)
     approve(api, admin, b)
-    workers = [start_worker(), start_worker()]  # the shards of both datasets are shared between them
+    # The shards of both datasets are shared between a solo worker and a prefork worker with two children
+    # (each child loads its own model after the fork): three processes, byte-identical results.
+    workers = [start_worker(), start_worker(pool="prefork", concurrency=2)]
     wait_status(api, researcher, a, "ready", workers=workers)
     wait_status(api, researcher, b, "ready", workers=workers)
     ha, hb = shard_hashes(a), shard_hashes(b)
@@ -77,17 +81,27 @@ def test_storage_outage_fails_with_reason_and_admin_retry_resumes(model_version,
     approve(api, admin, ds_id)
     worker = start_worker(XRAYSYNTH_STORAGE_RETRY_BUDGET_S="3", **SLOW)
     wait_for(lambda: done_images(ds_id) >= 8, 60, "the first shard", [worker])
-    notes = set()
+    notes: set = set()
+    watching = threading.Event()
+
+    def watch_notes():  # from before the stop: stopping the server itself takes a moment
+        from service.datasets.models import Dataset
+
+        while not watching.is_set():
+            with session_scope() as s:
+                note = s.scalar(select(Dataset.progress_note).where(Dataset.id == uuid.UUID(ds_id)))
+            if note:
+                notes.add(note)
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch_notes, daemon=True)
+    watcher.start()
     infra.s3.stop()
     try:
-        def failed():
-            ds = get_dataset(api, researcher, ds_id)
-            if ds["progress_note"]:
-                notes.add(ds["progress_note"])
-            return ds if ds["status"] == "failed" else None
-
-        ds = wait_for(failed, 60, "the dataset to fail", [worker])
+        ds = wait_for(lambda: (d := get_dataset(api, researcher, ds_id))["status"] == "failed" and d, 60,
+                      "the dataset to fail", [worker])
     finally:
+        watching.set()
         infra.s3.restart()
     assert "storage unreachable" in ds["error"]
     assert any(n.startswith("storage unreachable since") for n in notes), notes
