@@ -7,7 +7,6 @@ objects are still in storage — so generation resumes where it stopped.
 from __future__ import annotations
 
 import logging
-import math
 import uuid
 
 from sqlalchemy import func, select
