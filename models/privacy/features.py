@@ -23,6 +23,7 @@ import numpy as np
 
 PIXEL_SIZE = 32  # side of the down-sampled image the pixel space uses
 EMBED_BATCH = 256  # classifier batch when embedding a training set on CPU
+MIN_CONTRAST = 1.0  # grey levels (std of the 32 px image) below which an image counts as flat
 SHIFTS: tuple[tuple[int, int], ...] = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
 NO_SHIFT: tuple[tuple[int, int], ...] = ((0, 0),)
 
@@ -40,8 +41,9 @@ def shift_images(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
 def pixel_features(pixels_uint8) -> np.ndarray:
     """uint8 [B,128,128] (numpy or tensor) -> float32 [B, 32*32] unit vectors (see module doc).
 
-    A constant image has no contrast to standardise; it maps to the zero vector, which is at
-    distance 1 from every unit vector (neither a copy nor anything else).
+    An (almost) flat image - contrast under MIN_CONTRAST grey levels at 32 px - has no structure to
+    compare; standardising it would only amplify rounding noise. It maps to the zero vector, which
+    the search treats as "no evidence": distance sqrt(2) (uncorrelated) to everything.
     """
     a = as_uint8_images(pixels_uint8)
     b, h, w = a.shape
@@ -51,7 +53,7 @@ def pixel_features(pixels_uint8) -> np.ndarray:
     f = a.astype(np.float32).reshape(b, PIXEL_SIZE, kh, PIXEL_SIZE, kw).mean(axis=(2, 4)).reshape(b, -1)
     f -= f.mean(axis=1, keepdims=True)
     std = f.std(axis=1, keepdims=True)
-    f = np.where(std > 1e-6, f / np.maximum(std, 1e-6), 0.0).astype(np.float32)
+    f = np.where(std >= MIN_CONTRAST, f / np.maximum(std, MIN_CONTRAST), 0.0).astype(np.float32)
     return f / np.float32(np.sqrt(f.shape[1]))
 
 

@@ -45,6 +45,23 @@ QUERY_CHUNK = 1024
 INDEX_CHUNK = 4096
 
 
+SQRT2 = float(np.sqrt(2.0))
+
+
+def _rank_norms(x):
+    """|x|^2 for ranking by |x|^2 - 2 q.x, with zero rows (flat images) given 2: their distance to
+    any unit query then ranks as sqrt(2), uncorrelated, instead of 1 (closer than most strangers)."""
+    sq = (x * x).sum(1)
+    return sq + (sq < 0.5).to(sq.dtype)
+
+
+def rowwise_distance(q: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """||q_k - x_k|| per row in numpy, with the same zero-vector rule as the search."""
+    d = np.linalg.norm(q - x, axis=1)
+    empty = (np.einsum("ij,ij->i", q, q) < 0.5) | (np.einsum("ij,ij->i", x, x) < 0.5)
+    return np.where(empty, SQRT2, d).astype(np.float32)
+
+
 @dataclass
 class Nearest:
     """Per query: the nearest training row (by score) and its distances. All numpy, length B."""
@@ -144,8 +161,8 @@ class PrivacyIndex:
             p = torch.from_numpy(self.pixels).to(dev)
             e = torch.from_numpy(self.embeddings).to(dev)
             self._tensors = {
-                "pixel": (p, (p * p).sum(1)),
-                "embed": (e, (e * e).sum(1)),
+                "pixel": (p, _rank_norms(p)),
+                "embed": (e, _rank_norms(e)),
                 "codes": torch.from_numpy(self.patient_codes).to(dev),
             }
         return self._tensors
@@ -183,8 +200,11 @@ class PrivacyIndex:
         """Elementwise ||q_b - x_rows[b]|| (inf where rows is -1): no matmul rounding near 0."""
         import torch
 
-        x = self._t()[space][0]
-        d = (q - x[rows.clamp(min=0)]).pow(2).sum(1).sqrt()
+        x = self._t()[space][0][rows.clamp(min=0)]
+        d = (q - x).pow(2).sum(1).sqrt()
+        # A zero vector (flat image, see features.pixel_features) is evidence of nothing: sqrt(2).
+        empty = (q.pow(2).sum(1) < 0.5) | (x.pow(2).sum(1) < 0.5)
+        d = torch.where(empty, torch.full_like(d, SQRT2), d)
         return torch.where(rows >= 0, d, torch.full_like(d, float("inf")))
 
     def _shifted(self, images_uint8) -> list:
@@ -298,7 +318,7 @@ class PrivacyIndex:
         if source_images is None:
             if self.shifts != NO_SHIFT:
                 raise ValueError("pair scores with shifts need the index's source images")
-            sp = np.linalg.norm(self.pixels[a] - self.pixels[b], axis=1) / self.pixel_scale
+            sp = rowwise_distance(self.pixels[a], self.pixels[b]) / self.pixel_scale
         else:
             # Shifted features once per distinct query row, not once per pair.
             uniq, inv = np.unique(a, return_inverse=True)
@@ -306,14 +326,14 @@ class PrivacyIndex:
             sp = np.full(len(a), np.inf, dtype=np.float32)
             for dy, dx in self.shifts:
                 f = pixel_features(shift_images(imgs, dy, dx))
-                sp = np.minimum(sp, np.linalg.norm(f[inv] - self.pixels[b], axis=1) / self.pixel_scale)
-        de = np.linalg.norm(self.embeddings[a] - self.embeddings[b], axis=1)
+                sp = np.minimum(sp, rowwise_distance(f[inv], self.pixels[b]) / self.pixel_scale)
+        de = rowwise_distance(self.embeddings[a], self.embeddings[b])
         return np.minimum(sp, de / self.embed_scale).astype(np.float32)
 
     def pair_scores_pixels(self, images_uint8, rows) -> np.ndarray:
         """Normalised pixel distance (best over shifts) of image k to index row rows[k]."""
         imgs, rows = as_uint8_images(images_uint8), np.asarray(rows, dtype=np.int64)
-        d = [np.linalg.norm(pixel_features(shift_images(imgs, dy, dx)) - self.pixels[rows], axis=1) for dy, dx in self.shifts]
+        d = [rowwise_distance(pixel_features(shift_images(imgs, dy, dx)), self.pixels[rows]) for dy, dx in self.shifts]
         return (np.min(d, axis=0) / self.pixel_scale).astype(np.float32)
 
     def _stranger_scales(self, source_images) -> tuple[float, float]:

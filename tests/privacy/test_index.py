@@ -27,15 +27,20 @@ def random_index(rng, n=60, d=24, shifts=SHIFTS):
     return idx, images, emb
 
 
+def cdist(q, x):
+    """All-pairs Euclidean distance in float64; a zero vector (flat image) is sqrt(2) from anything."""
+    d = np.sqrt(((q[:, None, :].astype(np.float64) - x[None].astype(np.float64)) ** 2).sum(-1))
+    empty = ((q**2).sum(1) < 0.5)[:, None] | ((x**2).sum(1) < 0.5)[None, :]
+    return np.where(empty, np.sqrt(2.0), d)
+
+
 def brute_force(index, pixels, emb):
     """Reference in float64 numpy: full distance matrices, min over shifts, min over spaces."""
-    x_p = index.pixels.astype(np.float64)
     dp = np.full((len(pixels), len(index)), np.inf)
     for dy, dx in index.shifts:
-        q = pixel_features(shift_images(pixels, dy, dx)).astype(np.float64)
-        dp = np.minimum(dp, np.sqrt(((q[:, None, :] - x_p[None]) ** 2).sum(-1)))
+        dp = np.minimum(dp, cdist(pixel_features(shift_images(pixels, dy, dx)), index.pixels))
     qe = emb / np.linalg.norm(emb, axis=1, keepdims=True)
-    de = np.sqrt(((qe[:, None, :] - index.embeddings.astype(np.float64)[None]) ** 2).sum(-1))
+    de = cdist(qe, index.embeddings)
     score = np.minimum(dp / index.pixel_scale, de / index.embed_scale)
     return score, dp, de
 
@@ -50,8 +55,9 @@ def test_nearest_matches_brute_force(shifts, chunks, monkeypatch):
     # Queries: near-copies of some index images (small noise) and unrelated new images.
     near = np.clip(images[:12].astype(np.int16) + rng.integers(-6, 7, size=images[:12].shape), 0, 255).astype(np.uint8)
     fresh = np.concatenate([patient_images(rng, b, 1) for b in smooth_base(rng, 11)])
-    q_px = np.concatenate([near, fresh])
-    q_emb = np.concatenate([emb[:12] + 0.3 * rng.normal(size=emb[:12].shape), rng.normal(size=(11, emb.shape[1]))])
+    flat = np.full((2, 128, 128), 90, np.uint8)  # no structure: pixel evidence of nothing
+    q_px = np.concatenate([near, fresh, flat])
+    q_emb = np.concatenate([emb[:12] + 0.3 * rng.normal(size=emb[:12].shape), rng.normal(size=(13, emb.shape[1]))])
 
     got = index.nearest(q_px, q_emb.astype(np.float32))
     score, dp, de = brute_force(index, q_px, q_emb)
@@ -62,6 +68,25 @@ def test_nearest_matches_brute_force(shifts, chunks, monkeypatch):
     assert np.mean(got.index == score.argmin(1)) >= 0.95
     np.testing.assert_allclose(got.pixel_dist, dp[b, got.index], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(got.embed_dist, de[b, got.index], rtol=1e-4, atol=1e-5)
+
+
+def test_flat_images_are_not_copies():
+    """A flat image has no pixel structure: it must neither match everything as a query nor attract
+    every query as a training row (a zero vector would otherwise sit at distance 1 from all)."""
+    rng = np.random.default_rng(4)
+    index, images, emb = random_index(rng, n=30)
+    q = np.stack([np.full((128, 128), 200, np.uint8), images[5]])
+    dp, _ = index.nearest_by_space(q, np.stack([emb[1], emb[5]]))
+    assert dp[0] == pytest.approx(np.sqrt(2)) and dp[1] < 1e-3
+    images[0] = 50  # a flat training image
+    flat_index = PrivacyIndex(pixels=pixel_features(images), embeddings=l2_normalise(emb),
+                              patient_ids=index.patient_ids, source_images=images)
+    # Unrelated smooth images correlate a little with each other; the flat row must not beat that.
+    fresh = np.concatenate([patient_images(rng, b, 1) for b in smooth_base(rng, 6)])
+    dp, _ = flat_index.nearest_by_space(fresh, emb[:6])
+    assert (dp < np.sqrt(2) - 0.05).all()  # a real neighbour won, not the flat row (which is sqrt 2)
+    rows = np.zeros(6, np.int64)
+    np.testing.assert_allclose(flat_index.pair_scores_pixels(fresh, rows) * flat_index.pixel_scale, np.sqrt(2), rtol=1e-6)
 
 
 def test_self_search_respects_patients():

@@ -39,7 +39,7 @@ def test_members_and_nonmembers_are_matched(split_trainset):
 
 
 def test_membership_inference_is_chance_for_an_unrelated_generator(bundle, split_trainset):
-    out = membership_inference(bundle, split_trainset, n=200, n_generated=240, seed=0)
+    out = membership_inference(bundle, split_trainset, n=200, n_generated=120, seed=0)
     assert out["n_members"] == out["n_nonmembers"] == 60
     for name in ("distance", "distance_pixel", "distance_embedding", "discriminator"):
         a = out["attacks"][name]
