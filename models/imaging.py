@@ -72,3 +72,14 @@ def prepare(img: np.ndarray, size: int = IMAGE_SIZE, *, normalise: bool = True) 
     else:
         img01 = np.asarray(img, dtype=np.float32) / 255.0
     return square_resize(img01, size)
+
+
+def grid(images_u8: np.ndarray, ncol: int, pad: int = 2, value: int = 255) -> np.ndarray:
+    """uint8 [N,H,W] -> one uint8 mosaic with ``ncol`` columns (for previews and training samples)."""
+    n, h, w = images_u8.shape
+    nrow = (n + ncol - 1) // ncol
+    out = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad), value, dtype=np.uint8)
+    for i in range(n):  # a few dozen tiles: not a hot path
+        r, c = divmod(i, ncol)
+        out[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = images_u8[i]
+    return out
