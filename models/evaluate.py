@@ -122,6 +122,7 @@ class EvalConfig:
     eval_width: int = 16
     fidelity_repeats: int = 3  # synthetic copies of the test label rows for per-condition fidelity
     topup_to: int = 300  # augmentation: synthetic images until each condition has this many
+    membership: bool = True  # run models.privacy.membership_inference when importable
     seed: int = 0
     device: str = "auto"
     bf16: bool = True
@@ -253,8 +254,11 @@ def evaluate_bundle(cfg: EvalConfig) -> dict:
 
     # ---- membership inference (models/privacy, issue 5), if present
     try:
+        if not cfg.membership:
+            raise ImportError("skipped")
         from .privacy import membership_inference  # noqa: PLC0415
 
+        console.print("evaluate: membership inference (models.privacy)")
         metrics["membership_inference"] = membership_inference(bundle, ts)
     except ImportError:
         metrics["membership_inference"] = None

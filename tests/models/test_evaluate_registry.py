@@ -42,7 +42,7 @@ def test_evaluate_writes_the_metrics_section(tiny):
     tmp, _, path = tiny
     m = evaluate_bundle(EvalConfig(model=str(path), trainset=str(tmp / "ts"), out=str(tmp / "e.pt"),
                                    card_json=str(tmp / "card.json"), eval_epochs=0.2, eval_width=4, topup_to=30,
-                                   fidelity_repeats=1))
+                                   fidelity_repeats=1, membership=False))
     for key in ("frechet", "precision_recall_coverage", "fidelity", "tstr", "augmentation", "goals"):
         assert key in m
     fd = m["frechet"]["all_sources"]
