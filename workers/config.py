@@ -41,6 +41,7 @@ def celery_config(settings: Settings) -> dict:
             "data_folder_in": folder,
             "data_folder_out": folder,
             "processed_folder": folder + "-processed",
+            "control_folder": folder + "-control",  # kombu's default is ./control in the cwd
             "store_processed": False,
         }
     return conf
