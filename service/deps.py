@@ -17,21 +17,14 @@ from sqlalchemy.orm import Session
 from service.accounts.models import Account, ApiKey, Role
 from service.accounts.service import account_for_key, actor_of
 from service.audit.service import Actor
-from service.db import get_sessionmaker
+from service.db import session_scope
 from service.errors import Forbidden, RateLimited, Unauthorized
 from service.settings import get_settings
 
 
 def get_session() -> Iterator[Session]:
-    session = get_sessionmaker()()
-    try:
+    with session_scope() as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 # scope="function": commit (or roll back) before the response is sent, so a client that saw 2xx
