@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pydicom
 from PIL import Image
 from typer.testing import CliRunner
@@ -48,8 +49,8 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def test_request_to_verified_download(model_version, researcher, researcher_b, admin, api, api_server, start_worker,
-                                      tmp_path):
+def test_request_to_verified_download(model_version, toy_model, researcher, researcher_b, admin, api, api_server,
+                                      start_worker, tmp_path):
     png_id = request_dataset(api, researcher, PLANT_SPEC, PLANT_SEED, "png", heatmaps=True)
     dcm_id = request_dataset(api, researcher, {"Mass": 5, "No Finding": 4}, 7, "dicom", heatmaps=False)
     approve(api, admin, png_id)
@@ -92,6 +93,13 @@ def test_request_to_verified_download(model_version, researcher, researcher_b, a
     assert Image.open(out / "preview.png").format == "PNG"
     REPO_RUNS.mkdir(exist_ok=True)
     shutil.copy(out / "preview.png", REPO_RUNS / "preview-e2e.png")
+
+    # no released image is a training image: pixel hashes against the whole training set (the planted
+    # indices would be exact copies had the filter not replaced them)
+    train_hashes = {sha(np.ascontiguousarray(img).tobytes()) for img in toy_model.trainset.images}
+    released = [np.asarray(Image.open(io.BytesIO(members[(r["shard"], r["file"])]))) for r in rows]
+    assert all(px.dtype == np.uint8 and px.shape == (128, 128) for px in released)
+    assert not {sha(np.ascontiguousarray(px).tobytes()) for px in released} & train_hashes
 
     # the filter ran on every released image, and the planted copies were replaced
     prov = provenance(png_id)
