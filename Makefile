@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 RUN_ARGS ?=
 
-.PHONY: install run test lint clean-var
+.PHONY: install run test lint clean-var default-model
 
 install: $(STAMP)
 
@@ -39,3 +39,16 @@ lint: install
 # database `xraysynth` is left alone: drop it too (dropdb -h 127.0.0.1 -U postgres xraysynth) to start over.
 clean-var:
 	rm -rf var
+
+# How models/checkpoints/default was made (CPU: ~2 h; on a GPU raise GAN_MINUTES' worth of --iters).
+# Everything but the packaged checkpoint stays under runs/ (hospital zone, git-ignored).
+DATA ?= ../shared/data/cxr
+GAN_MINUTES ?= 85
+default-model: install
+	$(BIN)/xraysynth ingest $(DATA) --labels $(DATA)/labels.csv --out runs/trainset
+	$(BIN)/xraysynth train classifier --trainset runs/trainset --out runs/classifier
+	$(BIN)/xraysynth train gan --trainset runs/trainset --classifier runs/classifier/classifier.pt --out runs/gan --minutes $(GAN_MINUTES)
+	$(BIN)/python -m models.privacy.report --bundle runs/gan/bundle.pt --trainset runs/trainset --out runs/privacy --write-card
+	$(BIN)/xraysynth evaluate runs/gan/bundle.pt --trainset runs/trainset --no-membership
+	$(BIN)/xraysynth models package runs/gan/bundle.pt
+	$(BIN)/xraysynth preview models/checkpoints/default/bundle.pt --out runs/grid.png

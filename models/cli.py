@@ -95,6 +95,8 @@ def evaluate_command(
     card_json: Annotated[Optional[Path], typer.Option(help="also write the card as JSON here")] = None,
     quick: Annotated[bool, typer.Option(help="skip the classifier-training experiments (TSTR, augmentation)")] = False,
     eval_epochs: Annotated[float, typer.Option(help="epochs for the classifiers TSTR/augmentation train")] = 6.0,
+    membership: Annotated[bool, typer.Option(help="run the membership-inference attacks (skip when the "
+                                                  "privacy report already put them in the card)")] = True,
     seed: int = 0,
     device: str = "auto",
     threads: int = 2,
@@ -104,7 +106,8 @@ def evaluate_command(
 
     evaluate_bundle(EvalConfig(model=str(model), trainset=str(trainset), out=str(out) if out else None,
                                card_json=str(card_json) if card_json else None, quick=quick,
-                               eval_epochs=eval_epochs, seed=seed, device=device, threads=threads))
+                               eval_epochs=eval_epochs, membership=membership, seed=seed, device=device,
+                               threads=threads))
 
 
 def preview_command(

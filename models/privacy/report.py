@@ -249,8 +249,30 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--write-card", action="store_true",
+                    help="also store the figures (aggregates only) in the bundle's card, section 'privacy'")
     args = ap.parse_args(argv)
-    print_report(run(args))
+    report = run(args)
+    print_report(report)
+    if args.write_card:
+        write_card_section(args.bundle, report)
+
+
+def card_section(report: dict) -> dict:
+    """The report's aggregates for the model card: rates, counts and AUCs, no per-image lists."""
+    gen = {k: v for k, v in report["generated"].items() if k != "failed_image_indices"}
+    return {"calibration": report["calibration"], "heldout_real_images": report["heldout"],
+            "filter_on_generated": gen, "membership_inference": report["membership_inference"],
+            "report_sha256_of_bundle": report["bundle"]["sha256"], "device": report["device"]}
+
+
+def write_card_section(bundle_path, report: dict) -> None:
+    from models.bundle import load_bundle, save_bundle
+
+    b = load_bundle(bundle_path)
+    card = {**b.card, "privacy": card_section(report)}
+    save_bundle(bundle_path, generator=b.generator, classifier=b.classifier, discriminator=b.discriminator,
+                conditions=b.conditions, config=b.config, card=card)
 
 
 if __name__ == "__main__":

@@ -129,6 +129,37 @@ def models_retire(
     console.print(f"[green]retired[/] {label}")
 
 
+SHIPPED_MAX_BYTES = 30 * 1024 * 1024  # the repository carries the default checkpoint: keep it small
+
+
+@models_app.command("package")
+def models_package(
+    bundle: Annotated[Path, typer.Argument(help="Evaluated bundle.pt (fp16 weights and card).", exists=True, dir_okay=False)],
+    name: Annotated[str, typer.Option(help="Model name in the card.")] = DEFAULT_MODEL_NAME,
+    version: Annotated[str, typer.Option(help="Model version in the card.")] = DEFAULT_MODEL_VERSION,
+    out: Annotated[Optional[Path], typer.Option(help="Folder to write bundle.pt + card.json into "
+                                                     "(default: the shipped default, models/checkpoints/default).")] = None,
+) -> None:
+    """Write a bundle as the checkpoint `make run` ships: name and version in its card, card.json beside it."""
+    from models.bundle import bundle_bytes, load_bundle
+
+    b = load_bundle(bundle)
+    card = {**b.card, "name": name, "version": version}
+    if not (card.get("metrics") or {}).get("frechet"):
+        raise _fail(f"{bundle} has no evaluation metrics: run `xraysynth evaluate` first")
+    data = bundle_bytes(generator=b.generator, classifier=b.classifier, discriminator=b.discriminator,
+                        conditions=b.conditions, config=b.config, card=card)
+    if len(data) > SHIPPED_MAX_BYTES:
+        raise _fail(f"the checkpoint is {len(data) / 2**20:.1f} MiB; a shipped one must stay under "
+                    f"{SHIPPED_MAX_BYTES / 2**20:.0f} MiB")
+    target = out or default_checkpoint_dir()
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "bundle.pt.tmp").write_bytes(data)
+    (target / "bundle.pt.tmp").replace(target / "bundle.pt")
+    (target / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
+    console.print(f"[green]packaged[/] {name}:{version} → {target} ({len(data) / 2**20:.1f} MiB)")
+
+
 @models_app.command("bootstrap-default")
 def models_bootstrap_default() -> None:
     """Register and publish the shipped default generator if no model is published yet."""
