@@ -202,9 +202,9 @@ def _publish(ref: str, *, note: str | None) -> None:
 
 
 def default_checkpoint_dir() -> Path:
-    import models
-
-    return Path(models.__file__).resolve().parent / "checkpoints" / "default"
+    # models/ is installed beside service/ (one distribution). Located by path, not `import models`,
+    # so a package of the same name elsewhere on sys.path (tests/models under pytest) cannot hide it.
+    return Path(__file__).resolve().parents[2] / "models" / "checkpoints" / "default"
 
 
 def _ensure_trainset(console: Console, settings) -> tuple[object | None, str | None]:

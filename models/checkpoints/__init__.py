@@ -1,0 +1,1 @@
+"""Shipped checkpoints (package data, so a non-editable install carries them)."""

@@ -1,0 +1,50 @@
+"""The default model the repository ships (models/checkpoints/default): what `make run` publishes and
+the workers load. A user relies on it loading, being small, and carrying an honest card."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from models.bundle import load_bundle  # noqa: E402
+from models.conditions import CONDITIONS  # noqa: E402
+from service.cli.hospital import default_checkpoint_dir  # noqa: E402
+
+CKPT = default_checkpoint_dir()
+MAX_BYTES = 30 * 1024 * 1024
+
+
+def test_shipped_bundle_is_small_fp16_and_loads_without_unpickling():
+    path = CKPT / "bundle.pt"
+    assert path.stat().st_size <= MAX_BYTES
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    floats = [t for part in ("generator", "classifier", "discriminator") for t in (payload[part] or {}).values()
+              if t.is_floating_point()]
+    assert floats and all(t.dtype == torch.float16 for t in floats)
+    assert payload["conditions"] == list(CONDITIONS)
+
+
+def test_shipped_generator_makes_distinct_128px_images_per_condition():
+    b = load_bundle(CKPT / "bundle.pt")
+    z = torch.randn(len(CONDITIONS), b.nz, generator=torch.Generator().manual_seed(0))
+    images = b.generate(z, b.condition_vectors(list(CONDITIONS))).numpy()
+    assert images.shape == (len(CONDITIONS), 1, 128, 128)
+    assert np.isfinite(images).all() and images.min() >= -1 and images.max() <= 1
+    # A trained generator: real contrast in each image, and different conditions give different images.
+    assert (images.reshape(len(CONDITIONS), -1).std(axis=1) > 0.1).all()
+    assert np.abs(images[0] - images[1]).mean() > 0.01
+
+
+def test_card_json_is_the_bundles_card_with_licences_metrics_and_caveats():
+    card = json.loads((CKPT / "card.json").read_text())
+    assert card == json.loads(json.dumps(load_bundle(CKPT / "bundle.pt").card, default=str))
+    assert "CC BY-NC-SA" in card["licences"]["synthetic_output_licence"]
+    assert card["caveats"] and card["training_data"]["fingerprint"]
+    fd = card["metrics"]["frechet"]["all_sources"]
+    assert fd["floor"] > 0 and fd["fd"] > 0 and fd["n_synthetic"] > 0
+    assert card["privacy"]["calibration"]["threshold"] > 0
+    assert card["privacy"]["filter_on_generated"]["n_images"] >= 10_000
