@@ -470,27 +470,56 @@ def render_card_md(card: dict) -> str:
     lines += ["", "## Privacy", "",
               f"- Memorisation filter: every image compared with the training set; {f['n_rejected']} of "
               f"{f['n_generated']} generated images were too close (score < {f['threshold']:.3f}) and regenerated.",
-              f"- Calibration: same-patient catch rate {f.get('same_patient_catch_rate')}, different-patient flag "
-              f"rate {f.get('different_patient_flag_rate')}."]
+              f"- Calibration on the real training set: {_pct(f.get('different_patient_flag_rate'))} of images flagged "
+              f"against their nearest other patient (the false-positive rate); "
+              f"{_pct(f.get('same_patient_catch_rate'))} of images caught against the same patient's other images "
+              "(the filter detects copies and near-copies, not patient identity)."]
     dp = p.get("differential_privacy")
     lines.append(f"- Differential privacy: epsilon {dp['epsilon']}, delta {dp['delta']}." if dp else
                  "- Differential privacy: not used in training.")
     mia = p.get("membership_inference")
     if mia:
-        lines.append(f"- Membership-inference attack AUCs: {json.dumps(mia.get('aucs'))}.")
+        aucs = ", ".join(f"{k} {v:.3f}" for k, v in (mia.get("aucs") or {}).items() if isinstance(v, (int, float)))
+        lines.append(f"- Membership-inference attack AUCs (0.5 = no better than chance): {aucs}.")
     lines += ["", "## Quality", "", "| condition | images | mean classifier probability |", "|---|---|---|"]
     for c, v in card["metrics"]["dataset"]["per_condition"].items():
         mp = v["mean_classifier_probability"]
         lines.append(f"| {c} | {v['images']} | {'' if mp is None else f'{mp:.3f}'} |")
     if card["metrics"]["model"]:
-        lines += ["", "Model metrics: `" + json.dumps(card["metrics"]["model"], default=str)[:2000] + "`"]
+        lines += ["", "Model metrics (test split; all figures in dataset_card.json):", ""]
+        lines += [f"- {line}" for line in _model_quality_lines(card["metrics"]["model"])]
     lines += ["", "## Training data: licences and citations", ""]
     lines += [f"- {lic}: {n} images" for lic, n in (t.get("licences") or {}).items()]
     lines += [""] + [f"- {src}: {cit}" for src, cit in (t.get("citations") or {}).items()]
     if t.get("caveats"):
-        lines += ["", f"Caveats: {t['caveats']}"]
+        lines += ["", "Caveats:", ""] + [f"- {c}" for c in t["caveats"]]
     lines += ["", "## Obligations", ""] + [f"- {o}" for o in card["obligations"]]
     lines += ["", "## Files", "", "- manifest.csv: " + ", ".join(card["files"]["manifest"]["columns"]),
               f"- {len(card['files']['shards'])} shard(s): {card['files']['layout']}", "- preview.png",
               "", "## How to cite", "", card["how_to_cite"]["text"], "", "```bibtex", card["how_to_cite"]["bibtex"], "```", ""]
     return "\n".join(lines)
+
+
+def _pct(x) -> str:
+    return "n/a" if not isinstance(x, (int, float)) else f"{100 * x:.2f} %"
+
+
+def _model_quality_lines(m: dict) -> list[str]:
+    """The headline figures of `xraysynth evaluate` (the card's metrics) as sentences; [] if absent."""
+    out = []
+    fd = ((m.get("frechet") or {}).get("all_sources") or {})
+    if isinstance(fd.get("fd"), (int, float)) and isinstance(fd.get("floor"), (int, float)):
+        out.append(f"Fréchet distance to real test images {fd['fd']:.2f} (real-vs-real floor {fd['floor']:.2f}, "
+                   f"n = {fd.get('n_synthetic')} synthetic)")
+    fid = m.get("fidelity") or {}
+    if isinstance(fid.get("macro_auc_real"), (int, float)) and isinstance(fid.get("macro_auc_synthetic"), (int, float)):
+        out.append(f"condition classifier macro AUC on synthetic images {fid['macro_auc_synthetic']:.3f} "
+                   f"(on real test images {fid['macro_auc_real']:.3f})")
+    tstr = ((m.get("tstr") or {}).get("all_sources") or {})
+    if isinstance(tstr.get("tstr_macro_auc"), (int, float)) and isinstance(tstr.get("trtr_macro_auc"), (int, float)):
+        out.append(f"train on synthetic, test on real: macro AUC {tstr['tstr_macro_auc']:.3f} "
+                   f"(train on real: {tstr['trtr_macro_auc']:.3f})")
+    prc = (((m.get("precision_recall_coverage") or {}).get("all_sources") or {}).get("synthetic_vs_test") or {})
+    if all(isinstance(prc.get(k), (int, float)) for k in ("precision", "recall")):
+        out.append(f"k-NN precision {prc['precision']:.3f}, recall {prc['recall']:.3f}")
+    return out
