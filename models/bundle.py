@@ -107,17 +107,21 @@ def bundle_bytes(**kwargs) -> bytes:
     return buf.getvalue()
 
 
-def save_bundle(path, *, generator, classifier, discriminator, conditions, config, card) -> Path:
+def write_atomic(path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file: a crash never leaves half a checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = bundle_bytes(
-        generator=generator, classifier=classifier, discriminator=discriminator,
-        conditions=conditions, config=config, card=card,
-    )
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_bytes(data)
-    os.replace(tmp, path)  # atomic: a crash never leaves half a checkpoint
+    os.replace(tmp, path)
     return path
+
+
+def save_bundle(path, *, generator, classifier, discriminator, conditions, config, card) -> Path:
+    return write_atomic(path, bundle_bytes(
+        generator=generator, classifier=classifier, discriminator=discriminator,
+        conditions=conditions, config=config, card=card,
+    ))
 
 
 def _load_state(module: torch.nn.Module, state: dict) -> None:

@@ -505,21 +505,25 @@ def _pct(x) -> str:
 
 
 def _model_quality_lines(m: dict) -> list[str]:
-    """The headline figures of `xraysynth evaluate` (the card's metrics) as sentences; [] if absent."""
-    out = []
-    fd = ((m.get("frechet") or {}).get("all_sources") or {})
-    if isinstance(fd.get("fd"), (int, float)) and isinstance(fd.get("floor"), (int, float)):
-        out.append(f"Fréchet distance to real test images {fd['fd']:.2f} (real-vs-real floor {fd['floor']:.2f}, "
-                   f"n = {fd.get('n_synthetic')} synthetic)")
-    fid = m.get("fidelity") or {}
-    if isinstance(fid.get("macro_auc_real"), (int, float)) and isinstance(fid.get("macro_auc_synthetic"), (int, float)):
-        out.append(f"condition classifier macro AUC on synthetic images {fid['macro_auc_synthetic']:.3f} "
-                   f"(on real test images {fid['macro_auc_real']:.3f})")
-    tstr = ((m.get("tstr") or {}).get("all_sources") or {})
-    if isinstance(tstr.get("tstr_macro_auc"), (int, float)) and isinstance(tstr.get("trtr_macro_auc"), (int, float)):
-        out.append(f"train on synthetic, test on real: macro AUC {tstr['tstr_macro_auc']:.3f} "
-                   f"(train on real: {tstr['trtr_macro_auc']:.3f})")
-    prc = (((m.get("precision_recall_coverage") or {}).get("all_sources") or {}).get("synthetic_vs_test") or {})
-    if all(isinstance(prc.get(k), (int, float)) for k in ("precision", "recall")):
-        out.append(f"k-NN precision {prc['precision']:.3f}, recall {prc['recall']:.3f}")
-    return out
+    """The headline figures of `xraysynth evaluate` (the card's metrics) as sentences; a figure the
+    metrics lack is left out."""
+
+    def numbers(*path_and_keys):
+        *path, keys = path_and_keys
+        d = m
+        for p in path:
+            d = d.get(p) if isinstance(d, dict) else None
+        vals = [d.get(k) if isinstance(d, dict) else None for k in keys]
+        return vals if all(isinstance(v, (int, float)) for v in vals) else None
+
+    templates = [
+        (("frechet", "all_sources", ("fd", "floor", "n_synthetic")),
+         "Fréchet distance to real test images {:.2f} (real-vs-real floor {:.2f}, n = {} synthetic)"),
+        (("fidelity", ("macro_auc_synthetic", "macro_auc_real")),
+         "condition classifier macro AUC on synthetic images {:.3f} (on real test images {:.3f})"),
+        (("tstr", "all_sources", ("tstr_macro_auc", "trtr_macro_auc")),
+         "train on synthetic, test on real: macro AUC {:.3f} (train on real: {:.3f})"),
+        (("precision_recall_coverage", "all_sources", "synthetic_vs_test", ("precision", "recall")),
+         "k-NN precision {:.3f}, recall {:.3f}"),
+    ]
+    return [text.format(*vals) for where, text in templates if (vals := numbers(*where))]

@@ -267,12 +267,11 @@ def card_section(report: dict) -> dict:
 
 
 def write_card_section(bundle_path, report: dict) -> None:
-    from models.bundle import load_bundle, save_bundle
+    from models.bundle import load_bundle, write_atomic
+    from models.registry import with_card
 
-    b = load_bundle(bundle_path)
-    card = {**b.card, "privacy": card_section(report)}
-    save_bundle(bundle_path, generator=b.generator, classifier=b.classifier, discriminator=b.discriminator,
-                conditions=b.conditions, config=b.config, card=card)
+    card = {**load_bundle(bundle_path).card, "privacy": card_section(report)}
+    write_atomic(bundle_path, with_card(bundle_path, card)[0])
 
 
 if __name__ == "__main__":

@@ -141,21 +141,19 @@ def models_package(
                                                      "(default: the shipped default, models/checkpoints/default).")] = None,
 ) -> None:
     """Write a bundle as the checkpoint `make run` ships: name and version in its card, card.json beside it."""
-    from models.bundle import bundle_bytes, load_bundle
+    from models.bundle import load_bundle, write_atomic
+    from models.registry import bundle_checkpoint
 
     b = load_bundle(bundle)
-    card = {**b.card, "name": name, "version": version}
+    b.card = card = {**b.card, "name": name, "version": version}
     if not (card.get("metrics") or {}).get("frechet"):
         raise _fail(f"{bundle} has no evaluation metrics: run `xraysynth evaluate` first")
-    data = bundle_bytes(generator=b.generator, classifier=b.classifier, discriminator=b.discriminator,
-                        conditions=b.conditions, config=b.config, card=card)
+    data, _ = bundle_checkpoint(b)
     if len(data) > SHIPPED_MAX_BYTES:
         raise _fail(f"the checkpoint is {len(data) / 2**20:.1f} MiB; a shipped one must stay under "
                     f"{SHIPPED_MAX_BYTES / 2**20:.0f} MiB")
     target = out or default_checkpoint_dir()
-    target.mkdir(parents=True, exist_ok=True)
-    (target / "bundle.pt.tmp").write_bytes(data)
-    (target / "bundle.pt.tmp").replace(target / "bundle.pt")
+    write_atomic(target / "bundle.pt", data)
     (target / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
     console.print(f"[green]packaged[/] {name}:{version} → {target} ({len(data) / 2**20:.1f} MiB)")
 

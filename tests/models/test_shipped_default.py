@@ -12,15 +12,14 @@ torch = pytest.importorskip("torch")
 
 from models.bundle import load_bundle  # noqa: E402
 from models.conditions import CONDITIONS  # noqa: E402
-from service.cli.hospital import default_checkpoint_dir  # noqa: E402
+from service.cli.hospital import SHIPPED_MAX_BYTES, default_checkpoint_dir  # noqa: E402
 
 CKPT = default_checkpoint_dir()
-MAX_BYTES = 30 * 1024 * 1024
 
 
 def test_shipped_bundle_is_small_fp16_and_loads_without_unpickling():
     path = CKPT / "bundle.pt"
-    assert path.stat().st_size <= MAX_BYTES
+    assert path.stat().st_size <= SHIPPED_MAX_BYTES == 30 * 1024 * 1024
     payload = torch.load(path, map_location="cpu", weights_only=True)
     floats = [t for part in ("generator", "classifier", "discriminator") for t in (payload[part] or {}).values()
               if t.is_floating_point()]
