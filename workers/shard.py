@@ -208,7 +208,8 @@ class Evidence:
             n_rejected=np.int64(self.n_rejected),
             closest_index=c["index"], closest_attempt=c["attempt"], closest_score=c["score"],
             closest_row=c["nearest_row"], closest_pixels=c["pixels"],
-            preview_index=np.asarray(p["index"], dtype=np.int64).reshape(-1),
+            # one array per batch, of different lengths where condition blocks start mid-batch
+            preview_index=np.concatenate(p["index"]).astype(np.int64) if p["index"] else np.zeros(0, np.int64),
             preview_pixels=np.concatenate(p["pixels"]) if p["pixels"] else np.zeros((0, 128, 128), np.uint8),
             preview_heatmaps=np.concatenate(p["heatmaps"]) if p["heatmaps"] else np.zeros((0, 32, 32), np.uint8),
         )
