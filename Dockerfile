@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
 # Two images from one file:
-#   api    — the public surface: base dependencies only. No torch, and no models/ code or checkpoints
-#            (the API must never import torch, and checkpoints are hospital-zone data).
-#   worker — the hospital zone: the `worker` extra (torch, opacus, pydicom) and models/.
+#   api    — the public surface: base dependencies, cli/ + service/ + migrations/. No torch, and no
+#            workers/ or models/ code or checkpoints (the API must never import torch, and checkpoints
+#            are hospital-zone data).
+#   worker — the hospital zone: the `worker` extra (torch, opacus, pydicom), workers/ and models/.
 # Build: docker build --target api -t xraysynth-api .   /   docker build --target worker -t xraysynth-worker .
 
 ARG PYTHON_VERSION=3.11
@@ -15,13 +16,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN groupadd --system xraysynth && useradd --system --gid xraysynth --home-dir /app xraysynth
 WORKDIR /app
 COPY pyproject.toml README.md alembic.ini ./
+COPY cli ./cli
 COPY service ./service
-COPY workers ./workers
 COPY migrations ./migrations
 
 FROM base AS api
 # Base dependencies only (pyproject's [project.dependencies]); no extras.
-RUN pip install . && rm -rf /app/service /app/workers /app/migrations
+RUN pip install . && rm -rf /app/cli /app/service /app/migrations
 USER xraysynth
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
@@ -32,9 +33,10 @@ FROM base AS worker
 # PyPI's torch wheel for Linux carries CUDA (what a GPU worker wants); for a CPU-only worker pass
 # --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG TORCH_INDEX_URL=
+COPY workers ./workers
 COPY models ./models
 RUN if [ -n "$TORCH_INDEX_URL" ]; then pip install --index-url "$TORCH_INDEX_URL" torch==2.13.0; fi \
  && pip install ".[worker]" \
- && rm -rf /app/service /app/workers /app/migrations /app/models
+ && rm -rf /app/cli /app/service /app/workers /app/migrations /app/models
 USER xraysynth
 CMD ["xraysynth", "worker", "--concurrency", "1", "--pool", "solo"]

@@ -1,9 +1,7 @@
 """Hospital-side commands: ingest, train gan|classifier, evaluate.
 
-The lead mounts these in ``service/cli.py`` (``app.command("ingest")(ingest_command)``,
-``app.add_typer(train_app, name="train")``, ``app.command("evaluate")(evaluate_command)``).
-Meanwhile: ``python -m models.cli ingest ...``, ``python -m models.cli train gan ...``.
-Heavy imports (torch) happen inside the commands so mounting them costs nothing.
+cli/hospital.py mounts them under `xraysynth`; ``python -m models.cli …`` runs them without the rest.
+Heavy imports (torch) happen inside the commands so mounting them keeps `xraysynth --help` torch-free.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from service.cli import app
-from service.cli.delegate import delegate
+from cli import app
+from cli.delegate import delegate
 
 runner = CliRunner()
 

@@ -10,7 +10,7 @@ import pytest
 
 PROBE = """
 import sys
-from service.cli import app
+from cli import app
 for argv in {argvs!r}:
     try:
         app(argv, prog_name="xraysynth")
@@ -40,7 +40,7 @@ def test_help_does_not_import_torch(argv):
 
 
 def test_console_script_help_lists_the_commands():
-    exe = [sys.executable, "-c", "from service.cli import app; app(prog_name='xraysynth')", "--help"]
+    exe = [sys.executable, "-c", "from cli import app; app(prog_name='xraysynth')", "--help"]
     out = subprocess.run(exe, capture_output=True, text=True, timeout=60, env={"COLUMNS": "200", "PATH": ""})
     assert out.returncode == 0, out.stderr
     for command in ("run", "serve", "worker", "migrate", "keys", "models", "ingest", "train", "evaluate", "bench"):

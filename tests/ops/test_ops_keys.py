@@ -8,7 +8,7 @@ import re
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from service.cli import app
+from cli import app
 
 runner = CliRunner()
 KEY = re.compile(r"xs_[A-Za-z0-9_-]{43}")

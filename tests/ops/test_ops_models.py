@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 pytest.importorskip("torch")
 
-from service.cli import app  # noqa: E402
+from cli import app  # noqa: E402
 
 runner = CliRunner()
 
@@ -50,7 +50,7 @@ def write_hospital_export(folder, n_patients: int = 24, per_patient: int = 3, se
 def shipped(tmp_path, monkeypatch, clean):
     from models.bundle import save_bundle, untrained_bundle
 
-    from service.cli import hospital
+    from cli import hospital
     from service.settings import get_settings
 
     ckpt = tmp_path / "checkpoints" / "default"
@@ -108,7 +108,7 @@ def test_bootstrap_without_data_leaves_a_draft_then_publishes_once_data_exists(s
 
 
 def test_without_a_shipped_checkpoint_bootstrap_says_so(shipped, monkeypatch):
-    from service.cli import hospital
+    from cli import hospital
 
     monkeypatch.setattr(hospital, "default_checkpoint_dir", lambda: shipped / "nowhere")
     r = cli("models", "bootstrap-default")

@@ -25,7 +25,7 @@ def test_every_setting_is_in_the_table():
 def test_every_cli_command_is_in_the_readme():
     import typer
 
-    from service.cli import app
+    from cli import app
 
     names = set(typer.main.get_command(app).commands)
     assert {"run", "serve", "worker", "migrate", "keys", "models"} <= names

@@ -18,7 +18,7 @@ import pytest
 from service.embedded import free_port, port_open
 
 KEY = re.compile(r"xs_[A-Za-z0-9_-]{43}")
-CLI = [sys.executable, "-c", "from service.cli import app; app(prog_name='xraysynth')"]
+CLI = [sys.executable, "-c", "from cli import app; app(prog_name='xraysynth')"]
 
 
 def _children() -> dict[int, list[int]]:

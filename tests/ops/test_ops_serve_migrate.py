@@ -13,7 +13,7 @@ import httpx
 
 from service.embedded import free_port
 
-CLI = [sys.executable, "-c", "from service.cli import app; app(prog_name='xraysynth')"]
+CLI = [sys.executable, "-c", "from cli import app; app(prog_name='xraysynth')"]
 
 
 def scratch_env(tmp_path, **extra) -> dict[str, str]:

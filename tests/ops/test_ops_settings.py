@@ -58,7 +58,7 @@ def test_the_cli_reports_a_refusal_instead_of_a_traceback(tmp_path):
 
     env = {"XRAYSYNTH_ENVIRONMENT": "production", "XRAYSYNTH_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
            "PATH": "", "COLUMNS": "200"}
-    out = subprocess.run([sys.executable, "-c", "from service.cli import app; app(prog_name='xraysynth')", "migrate"],
+    out = subprocess.run([sys.executable, "-c", "from cli import app; app(prog_name='xraysynth')", "migrate"],
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
     assert out.returncode == 2
     assert "configuration refused" in out.stderr and "XRAYSYNTH_API_KEY_PEPPER" in out.stderr

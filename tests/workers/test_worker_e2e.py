@@ -34,7 +34,7 @@ REPO_RUNS = Path(__file__).resolve().parents[2] / "runs"
 
 
 def cli(*args: str):
-    from service.cli import app
+    from cli import app
 
     result = CliRunner().invoke(app, list(args), catch_exceptions=False)
     return result
@@ -147,7 +147,7 @@ def test_request_to_verified_download(model_version, toy_model, researcher, rese
     time.sleep(2.2)
     assert httpx.get(short["files"][0]["url"]).status_code == 403
     # the CLI notices expiry mid-way, refreshes once and goes on
-    from service.cli.researcher import Manifest, fetch_file
+    from cli.researcher import Manifest, fetch_file
 
     with httpx.Client(base_url=api_server, headers={"Authorization": f"Bearer {researcher.key}"}) as http:
         m = Manifest(http, png_id, expires_in=1)

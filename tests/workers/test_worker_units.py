@@ -67,12 +67,12 @@ def test_image_order_follows_the_model_not_the_request():
 def test_worker_parent_and_researcher_cli_never_import_torch(infra):
     import os
 
-    code = ("import sys, workers.celery_app, workers.tasks, workers.sweeper, service.cli; "
+    code = ("import sys, workers.celery_app, workers.tasks, workers.sweeper, cli; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, **infra.env})
 
 
 def test_conditions_option_parsing():
-    from service.cli.researcher import parse_conditions
+    from cli.researcher import parse_conditions
 
     assert parse_conditions(["Mass=100", "Pleural_Thickening=5", "Mass=1"]) == {"Mass": 101, "Pleural_Thickening": 5}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from service.cli import hospital, ops, researcher
+from cli import hospital, ops, researcher
 
 app = typer.Typer(
     name="xraysynth",

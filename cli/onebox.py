@@ -202,7 +202,7 @@ def ensure_accounts(var_dir: Path, *, development: bool) -> list[RunKey]:
 
     from service.accounts.models import ApiKey, Role
     from service.accounts.service import account_for_key, create_account, create_key, get_by_name
-    from service.cli.ops import cli_actor
+    from cli.ops import cli_actor
     from service.db import session_scope
 
     path = var_dir / "run-keys.json"
@@ -475,7 +475,7 @@ def run_onebox(*, port: int | None, host: str, var_dir: Path, embedded: bool, bo
 
         bootstrap_note = f"{published_models()} (bootstrap skipped: --no-bootstrap)"
         if bootstrap:
-            from service.cli.hospital import bootstrap_default_model
+            from cli.hospital import bootstrap_default_model
 
             try:
                 bootstrap_note = bootstrap_default_model(console)
@@ -499,7 +499,7 @@ def run_onebox(*, port: int | None, host: str, var_dir: Path, embedded: bool, bo
         if worker_ok:
             with sup.critical():
                 sup.children.append(spawn("worker", [
-                    sys.executable, "-c", "from service.cli import app; app(prog_name='xraysynth')",
+                    sys.executable, "-c", "from cli import app; app(prog_name='xraysynth')",
                     "worker", "--concurrency", "1", "--pool", "solo",
                 ], child_env, log_dir))
 

@@ -240,7 +240,7 @@ def run(
     with_worker: Annotated[bool, typer.Option("--worker/--no-worker", help="Start one generation worker.")] = True,
 ) -> None:
     """Run everything on this box: API, one worker, S3 (embedded SeaweedFS), local or embedded DB/broker."""
-    from service.cli.onebox import run_onebox
+    from cli.onebox import run_onebox
 
     raise typer.Exit(
         run_onebox(port=port, host=host, var_dir=var_dir, embedded=embedded, bootstrap=bootstrap, with_worker=with_worker)
@@ -259,7 +259,7 @@ bench_app = typer.Typer(help="Benchmarks.", no_args_is_help=True)
 )
 def bench_pipeline(ctx: typer.Context) -> None:
     """Generation pipeline throughput (workers.bench.run_pipeline_bench); options are the bench's own."""
-    from service.cli.delegate import delegate
+    from cli.delegate import delegate
 
     delegate("workers.bench", ["pipeline_app", "app", "run_pipeline_bench"], "pipeline", ctx.args,
              prog_name="xraysynth bench pipeline")

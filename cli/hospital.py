@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from service.cli.ops import cli_actor, settings_or_exit
+from cli.ops import cli_actor, settings_or_exit
 
 console = Console()
 err_console = Console(stderr=True)
@@ -200,9 +200,9 @@ def _publish(ref: str, *, note: str | None) -> None:
 
 
 def default_checkpoint_dir() -> Path:
-    # models/ is installed beside service/ (one distribution). Located by path, not `import models`,
+    # models/ is installed beside cli/ (one distribution). Located by path, not `import models`,
     # so a package of the same name elsewhere on sys.path (tests/models under pytest) cannot hide it.
-    return Path(__file__).resolve().parents[2] / "models" / "checkpoints" / "default"
+    return Path(__file__).resolve().parents[1] / "models" / "checkpoints" / "default"
 
 
 def _ensure_trainset(console: Console, settings) -> tuple[object | None, str | None]:
