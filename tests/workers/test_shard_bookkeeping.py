@@ -26,7 +26,14 @@ from workers.encode import key_width
 from workers.finalise import render_preview
 from workers.model_store import LoadedModel
 from workers.plan import shard_ranges
-from workers.shard import CLOSEST_K, PREVIEW_PER_CONDITION, ShardJob, image_blocks, prepare_for_inference, produce_shard
+from workers.shard import (
+    CLOSEST_K,
+    PREVIEW_PER_CONDITION,
+    ShardJob,
+    image_blocks,
+    prepare_for_inference,
+    produce_shard,
+)
 
 
 @pytest.fixture(scope="module")
