@@ -232,12 +232,12 @@ def _register_draft_without_index(session, *, bundle_bytes: bytes, card: dict, n
     it (and why) in `models list --all`; the publish rules refuse it until it is re-registered with data."""
     import hashlib
 
-    from service import storage
+    from service import layout, storage
     from service.audit.service import record
     from service.modelversions.models import ModelStatus, ModelVersion
     from service.settings import get_settings
 
-    key = f"models/{name}/{version}/bundle.pt"
+    key = layout.checkpoint_key(name, version)
     storage.put_bytes(get_settings().private_bucket, key, bundle_bytes)
     td = card.get("training_data") if isinstance(card.get("training_data"), dict) else {}
     mv = ModelVersion(

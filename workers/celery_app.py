@@ -16,7 +16,7 @@ from celery import Celery, signals
 
 import service.tables  # noqa: F401 — every table registered, so relationships between domains resolve
 from service.settings import get_settings
-from workers.config import celery_config
+from service.queue import celery_config
 
 log = logging.getLogger("xraysynth.worker")
 

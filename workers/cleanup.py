@@ -8,6 +8,7 @@ import uuid
 
 from sqlalchemy import delete, func, select
 
+from service import layout
 from service.audit.service import SYSTEM, record
 from service.datasets.models import DatasetStatus, Shard, SyntheticImage
 from service.db import session_scope
@@ -23,8 +24,8 @@ def discard_outputs(dataset_id: uuid.UUID) -> int:
         return 0
     settings = get_settings()
     try:
-        deleted = retry.delete_prefix(settings.release_bucket, f"datasets/{dataset_id}/")
-        deleted += retry.delete_prefix(settings.private_bucket, f"evidence/{dataset_id}/")
+        deleted = retry.delete_prefix(settings.release_bucket, layout.release_prefix(dataset_id))
+        deleted += retry.delete_prefix(settings.private_bucket, layout.evidence_prefix(dataset_id))
     except retry.StorageUnavailable:
         log.warning("dataset %s: could not delete its objects yet; the sweeper tries again", dataset_id)
         return 0

@@ -22,6 +22,7 @@ import numpy as np
 from sqlalchemy import select
 
 from service.accounts.models import Account
+from service import layout
 from service.audit.service import SYSTEM
 from service.datasets.models import Dataset, DatasetStatus, Shard, ShardStatus, SyntheticImage
 from service.datasets.transitions import transition
@@ -31,12 +32,9 @@ from service.reviews.models import Review
 from service.settings import get_settings
 from service.timeutil import utcnow
 from workers import cleanup, leases, retry, state
-from workers.encode import key_width, sample_key
-from workers.shard import fragment_key, image_blocks
 
 log = logging.getLogger("xraysynth.worker.finalise")
 
-MANIFEST_COLUMNS = ["index", "shard", "file", "condition", "seed", "attempt", "sha256", "heatmap_file", "probability"]
 PREVIEW_COLUMNS = 8
 TILE = 128
 PAIRS_K = 8
@@ -44,18 +42,6 @@ PAIRS_K = 8
 
 class NotReleasable(Exception):
     """A check before release failed; the message is the dataset's failure reason."""
-
-
-def release_key(dataset_id, name: str) -> str:
-    return f"datasets/{dataset_id}/{name}"
-
-
-def evidence_key(dataset_id, name: str) -> str:
-    return f"evidence/{dataset_id}/{name}"
-
-
-def shard_name(index: int) -> str:
-    return f"shards/shard-{index:05d}.tar"
 
 
 # -- entry point ------------------------------------------------------------------------------
@@ -104,7 +90,7 @@ def _finalise(dataset_id: uuid.UUID) -> str:
     if not shards or not_done:
         raise NotReleasable(f"shards not generated: {not_done[:20]}")
 
-    blocks = image_blocks(ds.spec, mv.conditions)
+    blocks = layout.image_blocks(ds.spec, mv.conditions)
     with tempfile.TemporaryFile(prefix="xraysynth-manifest-") as manifest:
         table = write_manifest(dataset_id, ds, shards, manifest)
         manifest_size = manifest.tell()
@@ -118,15 +104,15 @@ def _finalise(dataset_id: uuid.UUID) -> str:
         card_md = render_card_md(card).encode()
 
         # Private first: nothing is released unless its evidence exists for the admins.
-        retry.put_object(settings.private_bucket, evidence_key(dataset_id, "evidence.json"),
+        retry.put_object(settings.private_bucket, layout.evidence_key(dataset_id, layout.EVIDENCE_JSON),
                          (json.dumps(evidence, indent=1, default=str) + "\n").encode(), "application/json", **hooks)
-        retry.put_object(settings.private_bucket, evidence_key(dataset_id, "pairs.png"), pairs_png, "image/png", **hooks)
-        retry.upload_fileobj(settings.release_bucket, release_key(dataset_id, "manifest.csv"), manifest,
+        retry.put_object(settings.private_bucket, layout.evidence_key(dataset_id, layout.EVIDENCE_PAIRS), pairs_png, "image/png", **hooks)
+        retry.upload_fileobj(settings.release_bucket, layout.release_key(dataset_id, layout.MANIFEST), manifest,
                              "text/csv", manifest_sha, **hooks)
-    retry.put_object(settings.release_bucket, release_key(dataset_id, "preview.png"), preview_png, "image/png", **hooks)
-    retry.put_object(settings.release_bucket, release_key(dataset_id, "dataset_card.json"), card_json,
+    retry.put_object(settings.release_bucket, layout.release_key(dataset_id, layout.PREVIEW), preview_png, "image/png", **hooks)
+    retry.put_object(settings.release_bucket, layout.release_key(dataset_id, layout.CARD_JSON), card_json,
                      "application/json", **hooks)
-    retry.put_object(settings.release_bucket, release_key(dataset_id, "dataset_card.md"), card_md,
+    retry.put_object(settings.release_bucket, layout.release_key(dataset_id, layout.CARD_MD), card_md,
                      "text/markdown; charset=utf-8", **hooks)
 
     with session_scope() as s:
@@ -152,8 +138,8 @@ def _finalise(dataset_id: uuid.UUID) -> str:
 def write_manifest(dataset_id: uuid.UUID, ds: Dataset, shards: list[Shard], out) -> dict:
     """Stream the provenance rows (index order) into manifest.csv, checking each; return numpy columns."""
     total = ds.total_images
-    width = key_width(total)
-    ext = "dcm" if str(getattr(ds.format, "value", ds.format)) == "dicom" else "png"
+    width = layout.key_width(total)
+    fmt = str(getattr(ds.format, "value", ds.format))
     shard_of = np.zeros(total, np.int64)
     for sh in shards:
         shard_of[sh.start : sh.stop] = sh.index
@@ -163,7 +149,7 @@ def write_manifest(dataset_id: uuid.UUID, ds: Dataset, shards: list[Shard], out)
     attempts = np.zeros(total, np.int64)
     text = io.TextIOWrapper(out, encoding="utf-8", newline="")
     w = csv.writer(text, lineterminator="\n")
-    w.writerow(MANIFEST_COLUMNS)
+    w.writerow(layout.MANIFEST_COLUMNS)
     expected, unchecked = 0, 0
     cols = (SyntheticImage.index, SyntheticImage.condition, SyntheticImage.seed, SyntheticImage.attempt,
             SyntheticImage.sha256, SyntheticImage.probability, SyntheticImage.nn_distance)
@@ -177,9 +163,9 @@ def write_manifest(dataset_id: uuid.UUID, ds: Dataset, shards: list[Shard], out)
             expected += 1
             if d is None:
                 unchecked += 1
-            key = sample_key(index, width)
-            w.writerow([index, shard_name(int(shard_of[index])), f"{key}.{ext}", condition, seed, attempt, sha,
-                        f"{key}.heatmap.png" if ds.heatmaps else "", "" if p is None else f"{p:.6f}"])
+            key = layout.sample_key(index, width)
+            w.writerow([index, layout.shard_name(int(shard_of[index])), layout.image_file(key, fmt), condition, seed,
+                        attempt, sha, layout.heatmap_file(key) if ds.heatmaps else "", "" if p is None else f"{p:.6f}"])
             nn[index] = np.nan if d is None else d
             prob[index] = np.nan if p is None else p
             cond[index] = condition
@@ -200,7 +186,7 @@ def load_fragments(dataset_id: uuid.UUID, shards: list[Shard], hooks: dict) -> d
     n_generated = n_rejected = 0
     missing = []
     for sh in shards:
-        key = fragment_key(dataset_id, sh.index)
+        key = layout.fragment_key(dataset_id, sh.index)
         if retry.head_object(bucket, key, **hooks) is None:
             missing.append(sh.index)
             continue
@@ -268,7 +254,7 @@ def build_evidence(ds: Dataset, mv: ModelVersion, table: dict, frag: dict, block
         "model_version": {"id": str(mv.id), "name": mv.name, "version": mv.version},
         "every_image_checked": True,
         "closest_pairs": closest,
-        "pairs_png": {"key": evidence_key(ds.id, "pairs.png"), "real_images": real_source, "k": len(closest)},
+        "pairs_png": {"key": layout.evidence_key(ds.id, layout.EVIDENCE_PAIRS), "real_images": real_source, "k": len(closest)},
         "generated_at": utcnow().isoformat(),
     })
     summary = {
@@ -437,8 +423,8 @@ def build_card(ds, mv, shards, reviews, table, filter_summary, blocks, *, manife
         "obligations": obligations,
         "files": {
             "manifest": {"name": "manifest.csv", "sha256": manifest[0], "size": manifest[1],
-                         "columns": MANIFEST_COLUMNS},
-            "shards": [{"name": shard_name(sh.index), "sha256": sh.sha256, "size": sh.size,
+                         "columns": layout.MANIFEST_COLUMNS},
+            "shards": [{"name": layout.shard_name(sh.index), "sha256": sh.sha256, "size": sh.size,
                         "images": [sh.start, sh.stop]} for sh in shards],
             "preview": "preview.png",
             "layout": "WebDataset tars: <index>.png|.dcm, <index>.heatmap.png (32x32 Grad-CAM of the requested "

@@ -21,7 +21,8 @@ from functools import lru_cache
 
 import redis
 
-from workers.config import VISIBILITY_TIMEOUT_S, worker_settings
+from service.queue import VISIBILITY_TIMEOUT_S
+from workers.config import worker_settings
 
 PREFIX = "xraysynth:"
 STARTS_TTL_S = 7 * 24 * 3600

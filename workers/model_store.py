@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
+from service import layout
 from service.audit.service import Actor, record
 from service.modelversions.models import ModelStatus, ModelVersion
 from service.settings import get_settings
@@ -32,10 +33,6 @@ from workers import retry
 log = logging.getLogger("xraysynth.worker.models")
 
 CACHE_SIZE = 2  # a worker usually serves one model; two covers a switch-over without thrashing
-
-
-def model_prefix(name: str, version: str) -> str:
-    return f"models/{name}/{version}/"
 
 
 # -- registration -----------------------------------------------------------------------------
@@ -117,8 +114,7 @@ def register_model_version(
         raise ValueError("the model card names a different training set (fingerprints differ)")
 
     settings = get_settings()
-    prefix = model_prefix(name, version)
-    ckpt_key, index_key = prefix + "bundle.pt", prefix + "privacy_index.npz"
+    ckpt_key, index_key = layout.checkpoint_key(name, version), layout.privacy_index_key(name, version)
 
     index = build_privacy_index(bundle, trainset, split="train" if "train" in set(np.asarray(trainset.splits)) else None)
     calibration = calibrate(index, trainset)

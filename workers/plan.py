@@ -11,6 +11,7 @@ import uuid
 
 from sqlalchemy import func, select
 
+from service import layout, queue
 from service.audit.service import SYSTEM
 from service.datasets.models import Dataset, DatasetStatus, Shard, ShardStatus
 from service.datasets.transitions import transition
@@ -19,7 +20,6 @@ from service.modelversions.models import ModelVersion
 from service.settings import get_settings
 from service.timeutil import utcnow
 from workers import leases, retry, state
-from workers.shard import fragment_key, shard_key
 
 log = logging.getLogger("xraysynth.worker.plan")
 
@@ -37,7 +37,7 @@ def _missing_outputs(dataset_id: uuid.UUID, done: list[tuple[int, str, int | Non
         head = retry.head_object(settings.release_bucket, key, **hooks)
         if head is None or (size is not None and int(head["ContentLength"]) != size):
             missing.append(index)
-        elif retry.head_object(settings.private_bucket, fragment_key(dataset_id, index), **hooks) is None:
+        elif retry.head_object(settings.private_bucket, layout.fragment_key(dataset_id, index), **hooks) is None:
             missing.append(index)
     return missing
 
@@ -75,7 +75,7 @@ def _plan(dataset_id: uuid.UUID) -> str:
             # The plan is stored with the dataset: a later change of shard_size never reshapes it.
             for k, (start, stop) in enumerate(shard_ranges(ds.total_images, get_settings().shard_size)):
                 s.add(Shard(dataset_id=ds.id, index=k, start=start, stop=stop, seed_base=ds.seed,
-                            object_key=shard_key(ds.id, k), status=ShardStatus.pending, rejected_images=0))
+                            object_key=layout.shard_key(ds.id, k), status=ShardStatus.pending, rejected_images=0))
             s.flush()
         for sh in shards:
             if sh.index in missing:
@@ -104,6 +104,6 @@ def _plan(dataset_id: uuid.UUID) -> str:
         leases.reset_starts(*[leases.shard_job(dataset_id, i) for i in pending])
         state.enqueue_shards(dataset_id, pending)
     else:
-        state.enqueue("xraysynth.finalise_dataset", dataset_id, job=leases.finalise_job(dataset_id))
+        state.enqueue(queue.FINALISE_DATASET, dataset_id, job=leases.finalise_job(dataset_id))
     log.info("dataset %s: %d shards, %d to generate", dataset_id, n_shards, len(pending))
     return "planned"

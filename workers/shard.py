@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sqlalchemy import delete, func, insert, select
 
+from service import layout, queue
 from service.datasets.models import Dataset, DatasetStatus, Shard, ShardStatus, SyntheticImage
 from service.db import session_scope
 from service.modelversions.models import ModelVersion
@@ -41,7 +42,6 @@ from workers.encode import (
     ShardTarWriter,
     encode_chunk,
     heatmaps_to_uint8,
-    key_width,
 )
 
 log = logging.getLogger("xraysynth.worker.shard")
@@ -52,25 +52,7 @@ CLOSEST_K = 8  # per shard: the synthetic images nearest the training set, for t
 CHECK_STATUS_EVERY_S = 1.0
 
 
-def shard_key(dataset_id, index: int) -> str:
-    return f"datasets/{dataset_id}/shards/shard-{index:05d}.tar"
-
-
-def fragment_key(dataset_id, index: int) -> str:
-    """Per-shard evidence in the private bucket (filter scores, closest images, preview tiles)."""
-    return f"evidence/{dataset_id}/shards/shard-{index:05d}.npz"
-
-
-# -- image order ------------------------------------------------------------------------------
-
-def image_blocks(spec: dict[str, int], model_conditions: list[str]) -> list[tuple[str, int]]:
-    """The spec's conditions in the model's condition order, each a contiguous block of its count."""
-    order = {c: i for i, c in enumerate(model_conditions)}
-    unknown = [c for c in spec if c not in order]
-    if unknown:
-        raise ValueError(f"the model does not offer {', '.join(unknown)}")
-    return [(c, int(spec[c])) for c in sorted(spec, key=lambda c: order[c])]
-
+# -- image order (the rule itself: service.layout.image_blocks) ---------------------------------
 
 def block_of(indices: np.ndarray, blocks: list[tuple[str, int]]) -> np.ndarray:
     """Block number (position in ``blocks``) of each image index."""
@@ -253,7 +235,7 @@ def produce_shard(
     stage = DeviceStage(loaded, job.seed, job.blocks)
     conditions = [c for c, _ in job.blocks]
     series_of = {c: loaded.bundle.conditions.index(c) + 1 for c in conditions}
-    ctx = EncodeContext(str(job.dataset_id), job.format, loaded.meta, key_width(job.total_images), uid_root, series_of)
+    ctx = EncodeContext(str(job.dataset_id), job.format, loaded.meta, layout.key_width(job.total_images), uid_root, series_of)
     preview_set = preview_indices(job.blocks)
 
     n = job.stop - job.start
@@ -418,7 +400,7 @@ def load_job(dataset_id: uuid.UUID, shard_index: int) -> tuple[ShardJob | None, 
         if shard.status == ShardStatus.done:
             return None, "already_done", None
         mv = s.get(ModelVersion, ds.model_version_id)
-        job = ShardJob(ds.id, shard.index, shard.start, shard.stop, int(ds.seed), image_blocks(ds.spec, mv.conditions),
+        job = ShardJob(ds.id, shard.index, shard.start, shard.stop, int(ds.seed), layout.image_blocks(ds.spec, mv.conditions),
                        ds.format.value if hasattr(ds.format, "value") else str(ds.format), bool(ds.heatmaps),
                        ds.total_images)
         return job, "", mv.id
@@ -469,9 +451,9 @@ def run_shard(dataset_id: uuid.UUID, shard_index: int) -> str:
             if state.status_of(dataset_id) != DatasetStatus.generating:
                 raise Stop(state.status_of(dataset_id))
             settings = get_settings()
-            retry.upload_fileobj(settings.release_bucket, shard_key(dataset_id, shard_index), tmp,
+            retry.upload_fileobj(settings.release_bucket, layout.shard_key(dataset_id, shard_index), tmp,
                                  "application/x-tar", output.sha256, **hooks)
-        retry.put_object(settings.private_bucket, fragment_key(dataset_id, shard_index), output.evidence.to_npz(),
+        retry.put_object(settings.private_bucket, layout.fragment_key(dataset_id, shard_index), output.evidence.to_npz(),
                          "application/octet-stream", **hooks)
         outcome, all_done = record_shard(job, output)
         if outcome == DatasetStatus.cancelled.value:
@@ -482,7 +464,7 @@ def run_shard(dataset_id: uuid.UUID, shard_index: int) -> str:
                      dataset_id, shard_index, job.stop - job.start, output.evidence.n_rejected,
                      time.monotonic() - t0, output.sha256[:12])
         if all_done:
-            state.enqueue("xraysynth.finalise_dataset", dataset_id, job=leases.finalise_job(dataset_id))
+            state.enqueue(queue.FINALISE_DATASET, dataset_id, job=leases.finalise_job(dataset_id))
         return outcome
     except Stop as stop:
         if stop.status == DatasetStatus.cancelled:
@@ -515,5 +497,5 @@ def maybe_finalise(dataset_id: uuid.UUID) -> None:
         return
     job = leases.finalise_job(dataset_id)
     if not any(leases.queued([job])) and not any(leases.leased([job])):
-        state.enqueue("xraysynth.finalise_dataset", dataset_id, job=job)
+        state.enqueue(queue.FINALISE_DATASET, dataset_id, job=job)
 

@@ -30,7 +30,7 @@ def finalise_dataset(dataset_id: str) -> str:
     return finalise(uuid.UUID(dataset_id))
 
 
-@app.task(name="xraysynth.sweep", ignore_result=True)
+@app.task(name=queue.SWEEP, ignore_result=True)
 def sweep() -> str:
     from workers.sweeper import sweep as run
 

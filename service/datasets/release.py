@@ -13,11 +13,11 @@ from datetime import timedelta
 from botocore.exceptions import ClientError
 from sqlalchemy.orm import Session
 
-from service import storage
+from service import layout, storage
 from service.accounts.models import Account, Role
 from service.audit.service import Actor, record
 from service.datasets.models import Dataset, DatasetStatus, ShardStatus
-from service.datasets.service import release_prefix, to_public
+from service.datasets.service import to_public
 from service.errors import Conflict, Gone, Unprocessable
 from service.modelversions import service as models_service
 from service.modelversions.models import ModelVersion
@@ -26,10 +26,6 @@ from service.settings import get_settings
 from service.timeutil import utcnow
 
 log = logging.getLogger("xraysynth.release")
-
-# Written by the worker's finalise step beside the shards (DESIGN.md, "Release layout").
-RELEASE_FILES = ("manifest.csv", "dataset_card.md", "dataset_card.json", "preview.png")
-
 
 def _not_downloadable(ds: Dataset) -> None:
     if ds.status == DatasetStatus.revoked:
@@ -68,9 +64,9 @@ def download_manifest(session: Session, *, dataset: Dataset, actor: Actor, expir
         )
     _not_downloadable(dataset)
 
-    bucket, prefix = settings.release_bucket, release_prefix(dataset.id)
+    bucket, prefix = settings.release_bucket, layout.release_prefix(dataset.id)
     entries: list[tuple[str, str, int, str]] = []  # (name, key, size, sha256)
-    for name in RELEASE_FILES:
+    for name in layout.RELEASE_FILES:
         found = object_digest(bucket, prefix + name)
         if found is None:
             log.warning("dataset %s is ready but %s is missing from the release bucket", dataset.id, name)
@@ -105,7 +101,7 @@ def dataset_card(session: Session, *, dataset: Dataset, viewer: Account) -> dict
     """The published card once the dataset is ready (the worker's dataset_card.json); before that, a
     provisional card from the database."""
     if dataset.status == DatasetStatus.ready:
-        key = release_prefix(dataset.id) + "dataset_card.json"
+        key = layout.release_key(dataset.id, layout.CARD_JSON)
         try:
             card = json.loads(storage.get_bytes(get_settings().release_bucket, key))
             if isinstance(card, dict):

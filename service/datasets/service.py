@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service import queue, storage
+from service import layout, queue, storage
 from service.accounts.models import Account, Role
 from service.audit.service import SYSTEM, Actor, record
 from service.datasets import transitions
@@ -27,10 +27,6 @@ log = logging.getLogger("xraysynth.datasets")
 S = DatasetStatus
 # Requests that will never produce images give their quota back.
 NOT_COUNTED = (S.rejected, S.cancelled)
-
-
-def release_prefix(dataset_id: uuid.UUID) -> str:
-    return f"datasets/{dataset_id}/"
 
 
 # ---------------------------------------------------------------- reading
@@ -180,9 +176,8 @@ def create_dataset(session: Session, *, account: Account, actor: Actor, data: Da
             field="conditions", code="quota_exceeded",
         )
 
-    # The model's condition order fixes the image order the worker generates (docs/architecture.md).
-    order = {c: i for i, c in enumerate(mv.conditions)}
-    spec = {c: data.conditions[c] for c in sorted(data.conditions, key=lambda c: order[c])}
+    # Stored in image order, the order the worker generates them in.
+    spec = dict(layout.image_blocks(data.conditions, mv.conditions))
     ds = Dataset(
         account_id=account.id,
         model_version_id=mv.id,
@@ -254,7 +249,7 @@ def revoke(session: Session, *, dataset_id: uuid.UUID, actor: Actor, reason: str
     if not transitions.allowed(ds.status, S.revoked, actor.role):
         raise transitions.InvalidTransition(f"dataset is {ds.status.value}; it cannot become revoked")
     try:
-        deleted = storage.delete_prefix(get_settings().release_bucket, release_prefix(ds.id))
+        deleted = storage.delete_prefix(get_settings().release_bucket, layout.release_prefix(ds.id))
     except Exception as exc:
         log.error("revoking dataset %s: deleting its objects failed (%s)", ds.id, type(exc).__name__)
         raise ApiError("object storage is unavailable; nothing was changed, try again",

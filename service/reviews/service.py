@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service import storage
+from service import layout, storage
 from service.accounts.models import Account
 from service.audit.service import Actor, record
 from service.datasets import transitions
@@ -126,10 +126,6 @@ def review_queue(session: Session, *, viewer: Account, status: DatasetStatus) ->
 # ---------------------------------------------------------------- evidence (admins only)
 
 
-def evidence_prefix(dataset_id: uuid.UUID) -> str:
-    return f"evidence/{dataset_id}/"
-
-
 def _read_private_json(key: str) -> dict | None:
     try:
         doc = json.loads(storage.get_bytes(get_settings().private_bucket, key))
@@ -145,7 +141,7 @@ def _read_private_json(key: str) -> dict | None:
 
 def evidence(session: Session, *, dataset: Dataset, viewer: Account) -> dict:
     mv = session.get(ModelVersion, dataset.model_version_id)
-    generation = _read_private_json(evidence_prefix(dataset.id) + "evidence.json")
+    generation = _read_private_json(layout.evidence_key(dataset.id, layout.EVIDENCE_JSON))
     base = f"/v1/datasets/{dataset.id}"
     [public] = to_public_many(session, [dataset])
     return {
@@ -172,9 +168,9 @@ def evidence_image(*, dataset_id: uuid.UUID, name: str):
     """Stream an evidence image. pairs.png (synthetic beside nearest real training images) exists only in
     the private bucket; the preview is the worker's evidence copy, else the released preview."""
     s = get_settings()
-    candidates = [(s.private_bucket, evidence_prefix(dataset_id) + name)]
-    if name == "preview.png":
-        candidates.append((s.release_bucket, f"datasets/{dataset_id}/preview.png"))
+    candidates = [(s.private_bucket, layout.evidence_key(dataset_id, name))]
+    if name == layout.EVIDENCE_PREVIEW:
+        candidates.append((s.release_bucket, layout.release_key(dataset_id, layout.PREVIEW)))
     client = storage.internal_client()
     for bucket, key in candidates:
         try:

@@ -55,7 +55,8 @@ def test_tar_is_webdataset_ordered_with_fixed_headers():
 
 
 def test_image_order_follows_the_model_not_the_request():
-    from workers.shard import block_of, image_blocks, preview_indices
+    from service.layout import image_blocks
+    from workers.shard import block_of, preview_indices
 
     model = ["No Finding", "Atelectasis", "Mass"]
     blocks = image_blocks({"Mass": 3, "No Finding": 2}, model)
