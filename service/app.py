@@ -54,6 +54,8 @@ class _TooLarge(BaseException):
 
 def create_app() -> FastAPI:
     from service import health
+    from service.console.routes import install as install_console
+    from service.console.security import SecurityHeaders
     from service.routers import ROUTERS
 
     settings = get_settings()
@@ -66,7 +68,9 @@ def create_app() -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(SecurityHeaders)
     app.include_router(health.router)
     for router in ROUTERS:
         app.include_router(router)
+    install_console(app)  # the web console under /ui/, and / -> /ui/
     return app

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024, gt=0)
     default_image_quota: int = Field(default=100_000, ge=0)
     max_images_per_request: int = Field(default=1_000_000, gt=0)
+    # Web console: a session unused this long is ended; failed sign-ins per client address.
+    console_idle_timeout_s: int = Field(default=30 * 60, gt=0)
+    console_login_rate_limit: str = "10/minute"
 
     # Review and release policy
     reviews_required: int = Field(default=1, ge=1)

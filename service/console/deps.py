@@ -1,0 +1,65 @@
+"""Dependencies of console pages: the signed-in caller (from the session cookie), role checks, and forms
+whose CSRF token has been checked."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from pydantic import ValidationError
+from starlette.datastructures import FormData
+
+from service.accounts.models import Role
+from service.console import sessions
+from service.console.sessions import ConsoleCaller
+from service.deps import SessionDep
+from service.errors import Forbidden
+
+
+def page_caller(request: Request, session: SessionDep) -> ConsoleCaller:
+    return sessions.current(session, request)
+
+
+PageCaller = Annotated[ConsoleCaller, Depends(page_caller)]
+
+
+def admin_page(caller: PageCaller) -> ConsoleCaller:
+    if caller.account.role != Role.admin:
+        raise Forbidden("this page is for hospital admins")
+    return caller
+
+
+def researcher_page(caller: PageCaller) -> ConsoleCaller:
+    if caller.account.role != Role.researcher:
+        raise Forbidden("this page is for researcher accounts")
+    return caller
+
+
+AdminPage = Annotated[ConsoleCaller, Depends(admin_page)]
+ResearcherPage = Annotated[ConsoleCaller, Depends(researcher_page)]
+
+
+async def checked_form(request: Request, caller: PageCaller) -> FormData:
+    """The posted form, refused (403, nothing written) unless it carries this session's CSRF token."""
+    form = await request.form()
+    if not sessions.csrf_ok(caller.csrf_token, form.get("csrf_token")):
+        raise Forbidden("this form is missing its security token (CSRF); reload the page and try again", code="csrf")
+    return form
+
+
+CheckedForm = Annotated[FormData, Depends(checked_form)]
+
+
+def field_errors(exc: ValidationError, prefix_map: dict[str, str] | None = None) -> dict[str, str]:
+    """pydantic errors keyed by the form field they belong to ("conditions.Mass" -> "count.Mass")."""
+    out: dict[str, str] = {}
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ())]
+        key = ".".join(loc) or "form"
+        for old, new in (prefix_map or {}).items():
+            if key.startswith(old):
+                key = new + key[len(old):]
+        msg = err.get("msg", "invalid value")
+        msg = msg.removeprefix("Value error, ")
+        out.setdefault(key, msg)
+    return out
