@@ -57,8 +57,8 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 
 def _lecam(d_real: torch.Tensor, d_fake: torch.Tensor, ema: dict) -> torch.Tensor:
-    ema["real"] = LECAM_DECAY * ema["real"] + (1 - LECAM_DECAY) * float(d_real.mean())
-    ema["fake"] = LECAM_DECAY * ema["fake"] + (1 - LECAM_DECAY) * float(d_fake.mean())
+    ema["real"] = LECAM_DECAY * ema["real"] + (1 - LECAM_DECAY) * float(d_real.detach().mean())
+    ema["fake"] = LECAM_DECAY * ema["fake"] + (1 - LECAM_DECAY) * float(d_fake.detach().mean())
     return F.relu(d_real - ema["fake"]).pow(2).mean() + F.relu(ema["real"] - d_fake).pow(2).mean()
 
 
@@ -81,8 +81,8 @@ def _g_step(st: GanState, fake, y_fake, rc: Recipe, gen, device) -> torch.Tensor
 def _finish(st: GanState, ema_decay: float, loss_d, loss_g, d_real, d_fake, extra=None) -> dict:
     ema_update(st.G_ema, st.G, min(ema_decay, (1.0 + st.step) / (10.0 + st.step)))
     st.step += 1
-    return {"loss_d": float(loss_d), "loss_g": float(loss_g), "d_real": float(d_real.mean()),
-            "d_fake": float(d_fake.mean()), **(extra or {})}
+    return {"loss_d": loss_d.item(), "loss_g": loss_g.item(), "d_real": d_real.detach().mean().item(),
+            "d_fake": d_fake.detach().mean().item(), **(extra or {})}
 
 
 def gan_step(st: GanState, x_real, y_real, y_fake, z, rc: Recipe, gen, device, ema_decay: float) -> dict:
@@ -101,13 +101,13 @@ def gan_step(st: GanState, x_real, y_real, y_fake, z, rc: Recipe, gen, device, e
     if rc.lecam > 0:
         reg = _lecam(d_real, d_fake, st.lecam_ema)
         loss_d = loss_d + rc.lecam * reg
-        extra["lecam"] = float(reg)
+        extra["lecam"] = float(reg.detach())
     if r1_now:
         # samples are independent in D (no batch norm), so d(sum of real logits)/d(input) is per image
         (grad,) = torch.autograd.grad(d_real.sum(), both, create_graph=True)
         pen = grad[:b].float().pow(2).flatten(1).sum(1).mean()
         loss_d = loss_d + 0.5 * rc.r1 * rc.r1_every * pen
-        extra["r1"] = float(pen)
+        extra["r1"] = float(pen.detach())
     st.optD.zero_grad(set_to_none=True)
     loss_d.backward()
     st.optD.step()

@@ -193,10 +193,10 @@ def train_gan(cfg: GanConfig) -> dict:
     console = _console()
     device = pick_device(cfg.device)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "ckpt.pt"
     ck = load_checkpoint(ckpt_path) if cfg.resume and ckpt_path.exists() else None
     cfg = _resolve_config(cfg, ck, console)
+    out.mkdir(parents=True, exist_ok=True)
     ts = load_trainset(cfg.trainset)
     tr, va = ts.split("train"), ts.split("val")
     n_classes = len(ts.conditions)
