@@ -14,12 +14,9 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import subprocess
 import sys
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -27,7 +24,9 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from service.embedded import ServerProcess, free_port, port_open, start_redis, start_seaweedfs
+from cli.supervisor import Child, Stop, Supervisor
+from service import heartbeat
+from service.embedded import free_port, port_open, start_redis, start_seaweedfs
 
 console = Console()
 
@@ -36,11 +35,6 @@ DEFAULT_S3_PORT = 8333
 LOCAL_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/xraysynth"
 LOCAL_REDIS = "redis://127.0.0.1:6379"
 ADMIN_NAME, RESEARCHER_NAME = "local-admin", "local-researcher"
-STOP_GRACE_S = 15
-
-
-class Stop(Exception):
-    """Raised by the signal handler so that whatever is running unwinds into the cleanup."""
 
 
 # --------------------------------------------------------------------------------------------- files
@@ -80,6 +74,30 @@ def load_secrets(var_dir: Path) -> dict:
     return data
 
 
+def record_settings(var_dir: Path, env: dict[str, str]) -> Path:
+    """Write every setting the service runs with to <var dir>/settings.json (0600), where commands
+    started from other shells find them (service.settings reads it under the environment and .env).
+    Only explicit inputs are recorded, so a value dropped from the environment does not live on."""
+    from dotenv import dotenv_values
+
+    from service.settings import Settings, onebox_settings_path
+
+    given = {**dotenv_values(".env"), **os.environ, **env}
+    fields = {name for name in Settings.model_fields}
+    data = {k.removeprefix("XRAYSYNTH_").lower(): v for k, v in given.items()
+            if k.startswith("XRAYSYNTH_") and v is not None and k.removeprefix("XRAYSYNTH_").lower() in fields}
+    path = onebox_settings_path(var_dir)
+    write_private_json(path, data)
+    return path
+
+
+def default_var_dir() -> Path:
+    """Where state lives unless --var-dir says otherwise: the rule service.settings uses to find it."""
+    from service.settings import DEFAULT_VAR_DIR
+
+    return Path(configured("XRAYSYNTH_VAR_DIR") or DEFAULT_VAR_DIR)
+
+
 # ------------------------------------------------------------------------------------- choose backends
 
 
@@ -103,7 +121,7 @@ def _postgres_database(url: str) -> None:
     from sqlalchemy.engine import make_url
 
     u = make_url(url)
-    params = dict(host=u.host, port=u.port or 5432, user=u.username, password=u.password, connect_timeout=3)
+    params = {"host": u.host, "port": u.port or 5432, "user": u.username, "password": u.password, "connect_timeout": 3}
     try:
         psycopg.connect(dbname=u.database, **params).close()
     except psycopg.OperationalError as exc:
@@ -123,7 +141,7 @@ def choose_database(var_dir: Path, embedded: bool) -> Choice:
             try:
                 _postgres_database(LOCAL_PG_URL)
                 return Choice({"XRAYSYNTH_DATABASE_URL": LOCAL_PG_URL}, "local PostgreSQL (database xraysynth)")
-            except Exception as exc:  # reachable but unusable (auth, permissions): say so, fall back
+            except Exception as exc:  # noqa: BLE001 — reachable but unusable (auth, permissions): say so, fall back
                 why = f"local PostgreSQL unusable: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
     url = f"sqlite:///{(var_dir / 'xraysynth.db').resolve()}"
     return Choice({"XRAYSYNTH_DATABASE_URL": url}, f"embedded SQLite {var_dir / 'xraysynth.db'} (fallback: {why})")
@@ -134,7 +152,7 @@ def _redis_answers(url: str) -> bool:
 
     try:
         return bool(redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2).ping())
-    except Exception:
+    except Exception:  # noqa: BLE001 — anything that is not a PONG means "no usable Redis here"
         return False
 
 
@@ -200,9 +218,9 @@ def ensure_accounts(var_dir: Path, *, development: bool) -> list[RunKey]:
     var/run-keys.json (0600) so a second run shows the same ones; elsewhere a key is shown only once."""
     from sqlalchemy import select
 
+    from cli.ops import cli_actor
     from service.accounts.models import ApiKey, Role
     from service.accounts.service import account_for_key, create_account, create_key, get_by_name
-    from cli.ops import cli_actor
     from service.db import session_scope
 
     path = var_dir / "run-keys.json"
@@ -235,108 +253,22 @@ def ensure_accounts(var_dir: Path, *, development: bool) -> list[RunKey]:
 # ------------------------------------------------------------------------------------------- children
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM if `xraysynth run` itself is killed without a chance to clean up."""
+def tell_health_about_the_worker(child: Child, how: str | None, delay: float) -> None:
+    """While the worker is down, /v1/health says so at once (its last report would take a few seconds
+    to age out) and says that it is being restarted."""
+    import redis
+
+    if child.name != "worker":
+        return
     try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
-@dataclass
-class Child:
-    name: str
-    proc: subprocess.Popen
-    log_path: Path
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def signal_group(self, sig: int) -> None:
-        # Each child leads its own process group (start_new_session): this reaches its own
-        # children too (a prefork pool, uvicorn workers) and nothing else.
-        try:
-            os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
-
-    def tail(self, n: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-
-def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Child:
-    log_path = log_dir / f"{name}.log"
-    log = open(log_path, "ab")
-    proc = subprocess.Popen(
-        args, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True, preexec_fn=_die_with_parent,
-    )
-    log.close()
-    return Child(name, proc, log_path)
-
-
-@dataclass
-class Supervisor:
-    children: list[Child] = field(default_factory=list)
-    servers: list[ServerProcess] = field(default_factory=list)  # embedded SeaweedFS / redis-server
-    stopping: bool = False
-    force: bool = False
-
-    deferred: int | None = None
-    _critical: int = 0
-
-    def on_signal(self, signum, _frame) -> None:
-        if self.stopping:
-            self.force = True  # a second Ctrl-C: stop waiting politely
-            return
-        if self._critical:
-            self.deferred = signum  # mid-spawn: raise once the process is on the list we clean up
-            return
-        self.stopping = True
-        raise Stop(signal.Signals(signum).name)
-
-    @contextmanager
-    def critical(self):
-        self._critical += 1
-        try:
-            yield
-        finally:
-            self._critical -= 1
-        if not self._critical and self.deferred is not None:
-            self.on_signal(self.deferred, None)
-
-    def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, self.on_signal)
-
-    def stop_all(self) -> None:
-        self.stopping = True
-        for child in reversed(self.children):
-            if child.alive():
-                child.signal_group(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        for child in reversed(self.children):
-            while child.alive() and time.monotonic() < deadline and not self.force:
-                time.sleep(0.1)
-            if child.alive():
-                why = "second signal" if self.force else f"still running after {STOP_GRACE_S}s"
-                console.print(f"[yellow]{child.name}: {why}; killing it[/]")
-            child.signal_group(signal.SIGKILL)  # also reaps any grandchild left in its group
-            child.proc.wait()
-        for server in reversed(self.servers):  # after the API and worker: they use these until the end
-            server.stop()
-            try:
-                os.killpg(server.proc.pid, signal.SIGKILL)  # its own group (start_new_session): only it
-            except ProcessLookupError:
-                pass
-
-    def names(self) -> list[str]:
-        return [s.name for s in self.servers] + [c.name for c in self.children]
+        if how is not None:
+            heartbeat.forget(heartbeat.node_id(child.proc.pid))
+            heartbeat.set_note(f"the one-box supervisor restarts it in {delay:.0f} s; it was {how}", ttl_s=delay + 120)
+        else:
+            heartbeat.set_note(f"the one-box supervisor restarted it (restart {child.restarts}); it reports "
+                               "once started", ttl_s=120)
+    except redis.RedisError:
+        pass  # the broker is down too: health names that
 
 
 def wait_healthy(url: str, sup: Supervisor, timeout: float = 90) -> dict:
@@ -360,6 +292,12 @@ def wait_healthy(url: str, sup: Supervisor, timeout: float = 90) -> dict:
 # ---------------------------------------------------------------------------------------------- summary
 
 
+def other_shells_note(var_dir: Path) -> str:
+    if var_dir == default_var_dir().resolve():
+        return f"commands started here read the same settings ({var_dir.name}/settings.json)"
+    return f"set XRAYSYNTH_VAR_DIR={var_dir} for commands to read the same settings"
+
+
 def print_summary(*, api: str, s3: str, labels: dict[str, str], keys: list[RunKey], var_dir: Path,
                   log_dir: Path, models_note: str | None, worker_note: str) -> None:
     table = Table.grid(padding=(0, 2))
@@ -374,6 +312,7 @@ def print_summary(*, api: str, s3: str, labels: dict[str, str], keys: list[RunKe
     if models_note:
         table.add_row("models", models_note)
     table.add_row("logs", str(log_dir))
+    table.add_row("other shells", other_shells_note(var_dir))
     for k in keys:
         shown = k.key or f"[yellow]{k.prefix}… exists; a key is shown only when created (`xraysynth keys create`)[/]"
         table.add_row(f"{k.role} key", f"[dim]{k.account}[/]")
@@ -386,14 +325,14 @@ def print_summary(*, api: str, s3: str, labels: dict[str, str], keys: list[RunKe
         "# conditions on offer (from published models)",
         f"curl -s {api}/v1/conditions -H 'Authorization: Bearer {r}'",
         "# ask for a dataset (the condition must be offered by a published model)",
-        f"curl -s -X POST {api}/v1/datasets -H 'Authorization: Bearer {r}' -H 'Content-Type: application/json' "
-        "-d '{\"conditions\": {\"Effusion\": 64}, \"purpose\": \"trying xraysynth on one box before a real request\"}'",
+        (f"curl -s -X POST {api}/v1/datasets -H 'Authorization: Bearer {r}' -H 'Content-Type: application/json' "
+         "-d '{\"conditions\": {\"Effusion\": 64}, \"purpose\": \"trying xraysynth on one box before a real request\"}'"),
         "# see it pending (DATASET_ID = the id in the answer above)",
         f"curl -s {api}/v1/datasets/$DATASET_ID -H 'Authorization: Bearer {r}'",
         "# the admin's review queue, then approve",
         f"curl -s '{api}/v1/reviews?status=pending' -H 'Authorization: Bearer {a}'",
-        f"curl -s -X POST {api}/v1/datasets/$DATASET_ID/reviews -H 'Authorization: Bearer {a}' "
-        "-H 'Content-Type: application/json' -d '{\"decision\": \"approve\", \"reason\": \"fine for testing\"}'",
+        (f"curl -s -X POST {api}/v1/datasets/$DATASET_ID/reviews -H 'Authorization: Bearer {a}' "
+         "-H 'Content-Type: application/json' -d '{\"decision\": \"approve\", \"reason\": \"fine for testing\"}'"),
         "# once ready: signed download URLs",
         f"curl -s {api}/v1/datasets/$DATASET_ID/download -H 'Authorization: Bearer {r}'",
     ]
@@ -407,12 +346,13 @@ def print_summary(*, api: str, s3: str, labels: dict[str, str], keys: list[RunKe
 # ------------------------------------------------------------------------------------------------- run
 
 
-def run_onebox(*, port: int | None, host: str, var_dir: Path, embedded: bool, bootstrap: bool, with_worker: bool) -> int:
+def run_onebox(*, port: int | None, host: str, var_dir: Path | None, embedded: bool, bootstrap: bool,
+               with_worker: bool) -> int:
     from pydantic import ValidationError
 
     from service.settings import get_settings
 
-    var_dir = var_dir.resolve()
+    var_dir = (var_dir or default_var_dir()).resolve()
     var_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(var_dir, 0o700)  # secrets, keys and the SQLite database live here
     log_dir = var_dir / "logs"
@@ -425,11 +365,12 @@ def run_onebox(*, port: int | None, host: str, var_dir: Path, embedded: bool, bo
         return 1
     s3_port = DEFAULT_S3_PORT if not port_open("127.0.0.1", DEFAULT_S3_PORT) else free_port()
 
-    sup = Supervisor()
+    sup = Supervisor(console, on_restart=tell_health_about_the_worker)
     sup.install()
     try:
         creds = load_secrets(var_dir)
-        env: dict[str, str] = {"XRAYSYNTH_ENVIRONMENT": configured("XRAYSYNTH_ENVIRONMENT") or "development"}
+        env: dict[str, str] = {"XRAYSYNTH_ENVIRONMENT": configured("XRAYSYNTH_ENVIRONMENT") or "development",
+                               "XRAYSYNTH_VAR_DIR": str(var_dir)}
         db_choice, broker_choice = choose_database(var_dir, embedded), choose_broker(var_dir, embedded)
         env.update(db_choice.env)
         env.update(broker_choice.env)
@@ -459,6 +400,7 @@ def run_onebox(*, port: int | None, host: str, var_dir: Path, embedded: bool, bo
             "XRAYSYNTH_S3_ACCESS_KEY_ID": creds["s3_access_key_id"],
             "XRAYSYNTH_S3_SECRET_ACCESS_KEY": creds["s3_secret_access_key"],
         })
+        record_settings(var_dir, env)
         apply_env(env)
         try:
             settings = get_settings()
@@ -479,17 +421,16 @@ def run_onebox(*, port: int | None, host: str, var_dir: Path, embedded: bool, bo
 
             try:
                 bootstrap_note = bootstrap_default_model(console)
-            except Exception as exc:  # the service is still useful without a model: say why, go on
+            except Exception as exc:  # noqa: BLE001 — the service is still useful without a model: say why, go on
                 bootstrap_note = f"[yellow]default model not bootstrapped: {type(exc).__name__}: {exc}[/]"
                 console.print(bootstrap_note)
         keys = ensure_accounts(var_dir, development=settings.is_development)
 
         child_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-        with sup.critical():
-            sup.children.append(spawn("api", [
-                sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory", "--host", host,
-                "--port", str(port), "--log-level", "info",
-            ], child_env, log_dir))
+        sup.start("api", [
+            sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory", "--host", host,
+            "--port", str(port), "--log-level", "info",
+        ], child_env, log_dir)
         worker_ok = with_worker and _worker_available() and not settings.broker_url.startswith("filesystem://")
         worker_note = "1 Celery worker (solo pool)" if worker_ok else "[yellow]none (--no-worker)[/]"
         if with_worker and not worker_ok:
@@ -497,11 +438,10 @@ def run_onebox(*, port: int | None, host: str, var_dir: Path, embedded: bool, bo
                            "wait until it runs[/]" if _worker_available() else
                            "[yellow]none: this installation lacks the worker extra (torch); requests wait in the queue[/]")
         if worker_ok:
-            with sup.critical():
-                sup.children.append(spawn("worker", [
-                    sys.executable, "-c", "from cli import app; app(prog_name='xraysynth')",
-                    "worker", "--concurrency", "1", "--pool", "solo",
-                ], child_env, log_dir))
+            sup.start("worker", [
+                sys.executable, "-c", "from cli import app; app(prog_name='xraysynth')",
+                "worker", "--concurrency", "1", "--pool", "solo",
+            ], child_env, log_dir)
 
         shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         api_url = f"http://{shown_host}:{port}"
@@ -511,12 +451,8 @@ def run_onebox(*, port: int | None, host: str, var_dir: Path, embedded: bool, bo
         print_summary(api=api_url, s3=s3.endpoint, labels=labels, keys=keys, var_dir=var_dir,
                       log_dir=log_dir, models_note=bootstrap_note, worker_note=worker_note)
 
-        while True:  # supervise until a signal (raises Stop) or a child dies
-            for child in sup.children:
-                if not child.alive():
-                    console.print(f"[red]{child.name} exited unexpectedly (code {child.proc.returncode}); "
-                                  f"stopping everything. Last lines of {child.log_path}:[/]\n{child.tail()}")
-                    return 1
+        while True:  # supervise until a signal raises Stop: a child that dies is restarted (with backoff)
+            sup.check_children()
             for server in sup.servers:
                 if server.proc.poll() is not None:
                     console.print(f"[red]{server.name} exited unexpectedly; stopping everything. See {server.log_path}[/]")

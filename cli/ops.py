@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -46,12 +46,30 @@ def settings_or_exit():
         raise typer.Exit(2) from None
 
 
+def refuse_unknown_pepper(settings) -> None:
+    """A key is stored as a hash keyed with the service's pepper. With none configured here the hash
+    would use the built-in development pepper, and the printed key would be refused by any service
+    that has its own (a one-box run generates one): say what to set instead of printing it."""
+    from service.settings import onebox_settings_path
+
+    if not settings.pepper_is_default:
+        return
+    where = onebox_settings_path(settings.var_dir).resolve()
+    err_console.print(
+        "[bold red]refusing to create a key:[/] no API key pepper is configured here, so the key would be "
+        "hashed with the built-in development pepper and a running service would answer 401 to it. "
+        f"Set XRAYSYNTH_API_KEY_PEPPER to the service's pepper, or run this where `xraysynth run` keeps "
+        f"its settings (looked for {where}; set XRAYSYNTH_VAR_DIR to its var dir)."
+    )
+    raise typer.Exit(2)
+
+
 def redacted(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a SQLAlchemy URL (e.g. a broker URL): show the scheme only
+    except Exception:  # noqa: BLE001 — not a SQLAlchemy URL (e.g. a broker URL): show the scheme only
         return url.split("://", 1)[0] + "://…" if "@" in url else url
 
 
@@ -60,7 +78,7 @@ def redacted(url: str) -> str:
 
 def migrate(
     downgrade_to: Annotated[
-        Optional[str], typer.Option("--downgrade-to", help="Downgrade to this revision (`base` empties the schema).")
+        str | None, typer.Option("--downgrade-to", help="Downgrade to this revision (`base` empties the schema).")
     ] = None,
 ) -> None:
     """Bring the database schema to the latest revision (or down to `--downgrade-to`)."""
@@ -110,10 +128,10 @@ class Pool(StrEnum):
 
 def worker(
     concurrency: Annotated[
-        Optional[int], typer.Option(min=1, help="Tasks at once (default 1: one worker per GPU).")
+        int | None, typer.Option(min=1, help="Tasks at once (default 1: one worker per GPU).")
     ] = None,
     pool: Annotated[
-        Optional[Pool], typer.Option(help="Celery pool (default: solo for one task, prefork for more).")
+        Pool | None, typer.Option(help="Celery pool (default: solo for one task, prefork for more).")
     ] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "info",
 ) -> None:
@@ -144,7 +162,7 @@ keys_app = typer.Typer(help="Create, revoke and list API keys (shown once; store
 def keys_create(
     role: Annotated[RoleChoice, typer.Option(help="Role of the account.")],
     name: Annotated[str, typer.Option(help="Account name; created if it does not exist.")],
-    quota: Annotated[Optional[int], typer.Option(min=0, help="Image quota for a new account.")] = None,
+    quota: Annotated[int | None, typer.Option(min=0, help="Image quota for a new account.")] = None,
     plain: Annotated[bool, typer.Option("--plain", help="Print only the key (for scripts).")] = False,
 ) -> None:
     """Create a key for an account (creating the account if missing). The key is printed once."""
@@ -152,7 +170,7 @@ def keys_create(
     from service.accounts.service import create_account, create_key, get_by_name
     from service.db import session_scope
 
-    settings_or_exit()
+    refuse_unknown_pepper(settings_or_exit())
     actor = cli_actor()
     with session_scope() as session:
         account = get_by_name(session, name=name)
@@ -230,9 +248,13 @@ def keys_list(
 
 
 def run(
-    port: Annotated[Optional[int], typer.Option(help="API port (default 8000, or a free one if 8000 is taken).")] = None,
+    port: Annotated[int | None, typer.Option(help="API port (default 8000, or a free one if 8000 is taken).")] = None,
     host: Annotated[str, typer.Option(help="Interface the API binds.")] = "127.0.0.1",
-    var_dir: Annotated[Path, typer.Option(help="Where state lives: database fallback, S3 data, secrets, logs.")] = Path("var"),
+    var_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where state lives: database fallback, S3 data, secrets, logs, the settings other "
+                          "commands read (default: XRAYSYNTH_VAR_DIR, else ./var)."),
+    ] = None,
     embedded: Annotated[
         bool, typer.Option("--embedded", help="Ignore local PostgreSQL/Redis: SQLite and a private redis-server.")
     ] = False,

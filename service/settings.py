@@ -2,19 +2,44 @@
 
 Outside development the service refuses to start on the well-known default secrets or on an S3
 store without credentials: a forgotten variable must fail loudly, not publish with a shared key.
+
+Sources, first wins: arguments, the environment, `.env`, then the settings the one-box service
+(`xraysynth run`) recorded in `<var dir>/settings.json`, then the defaults. The var dir is
+XRAYSYNTH_VAR_DIR (environment or `.env`), else `./var`: the same rule in the running service and in
+a command started from another shell of the same checkout, so both hash API keys with one pepper.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    JsonConfigSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 DEV_API_KEY_PEPPER = "dev-only-pepper-change-me"
 DEV_S3_ACCESS_KEY = "xraysynth-dev"
 DEV_S3_SECRET_KEY = "xraysynth-dev-secret-change-me"
+DEFAULT_VAR_DIR = "var"
+ONEBOX_SETTINGS_FILE = "settings.json"
+
+
+class _OneBoxSettingsSource(JsonConfigSettingsSource):
+    """`<var dir>/settings.json` as written by `xraysynth run`; an unreadable file counts as absent
+    (the commands that need a secret from it then refuse and say what to set)."""
+
+    def _read_file(self, file_path: Path) -> dict[str, Any]:
+        try:
+            data = super()._read_file(file_path)
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
 
 
 class Settings(BaseSettings):
@@ -49,6 +74,12 @@ class Settings(BaseSettings):
     console_idle_timeout_s: int = Field(default=30 * 60, gt=0)
     console_login_rate_limit: str = "10/minute"
 
+    # Database pool of each process (see service/db.py); waiting longer than the timeout for a
+    # connection answers 503 database_unavailable.
+    db_pool_size: int = Field(default=40, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
+    db_pool_timeout_s: float = Field(default=10.0, gt=0)
+
     # Review and release policy
     reviews_required: int = Field(default=1, ge=1)
     auto_approve_max_images: int = Field(default=0, ge=0)
@@ -79,7 +110,7 @@ class Settings(BaseSettings):
         return self.environment == "development"
 
     @model_validator(mode="after")
-    def _refuse_default_secrets(self) -> "Settings":
+    def _refuse_default_secrets(self) -> Settings:
         if self.environment == "development":
             return self
         problems = []
@@ -94,6 +125,12 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError(f"refusing to start in {self.environment}: " + "; ".join(problems))
         return self
+
+
+def onebox_settings_path(var_dir: str | Path | None = None) -> Path:
+    """Where `xraysynth run` records its settings (relative var dirs are relative to the working directory,
+    like `.env`)."""
+    return Path(var_dir or DEFAULT_VAR_DIR) / ONEBOX_SETTINGS_FILE
 
 
 @lru_cache

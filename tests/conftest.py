@@ -16,6 +16,9 @@ import pytest
 
 # Settings are read from the environment: fix it before any service module caches them.
 os.environ["XRAYSYNTH_ENVIRONMENT"] = "test"
+# A developer's one-box run leaves var/settings.json in the checkout; settings read it as defaults, so
+# point every test at a var dir that does not exist (tests that need one pass their own).
+os.environ["XRAYSYNTH_VAR_DIR"] = f"/nonexistent/xraysynth-test-var-{os.getpid()}"
 
 PG_ADMIN_URL = os.environ.get("XRAYSYNTH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 

@@ -24,6 +24,7 @@ app = Celery("xraysynth", include=["workers.tasks"])
 app.conf.update(celery_config(get_settings()))
 
 _sweeper = None
+_heartbeat = None
 _concurrency = 1
 
 
