@@ -97,9 +97,35 @@ class Settings(BaseSettings):
     download_expiry_default_s: int = Field(default=3600, gt=0)
     download_expiry_max_s: int = Field(default=7 * 24 * 3600, gt=0)
 
+    # Where `xraysynth run` keeps its state (database fallback, S3 data, generated secrets, logs) and
+    # the settings it runs with, for commands started elsewhere to read.
+    var_dir: str = DEFAULT_VAR_DIR
+
+    # A worker reports in the broker every this many seconds; /v1/health calls it missing after three
+    # missed reports.
+    worker_heartbeat_s: float = Field(default=5.0, gt=0)
+
     # Hospital zone: where the training set of the shipped default model lives (for its privacy index)
     trainset_dir: str = "var/trainset"
     shared_data_dir: str = "../shared/data/cxr"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        found = init_settings().get("var_dir") or env_settings().get("var_dir") or dotenv_settings().get("var_dir")
+        onebox = _OneBoxSettingsSource(settings_cls, json_file=onebox_settings_path(found))
+        return init_settings, env_settings, dotenv_settings, onebox, file_secret_settings
+
+    @property
+    def pepper_is_default(self) -> bool:
+        """No pepper configured anywhere: a key hashed now matches only a service that has none either."""
+        return self.api_key_pepper == DEV_API_KEY_PEPPER
 
     @property
     def public_endpoint(self) -> str:

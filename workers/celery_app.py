@@ -56,12 +56,17 @@ def _on_child_start(**_):
 
 @signals.worker_ready.connect
 def _start_sweeper(**_):
-    global _sweeper
+    global _sweeper, _heartbeat
+    from service import heartbeat
+    from workers.heartbeat import HeartbeatThread
     from workers.sweeper import SweeperThread
 
     _sweeper = SweeperThread()
     _sweeper.start()
     log.info("sweeper running every %.0f s", _sweeper.interval)
+    if heartbeat.uses_redis(get_settings().broker_url):
+        _heartbeat = HeartbeatThread()
+        _heartbeat.start()
 
 
 @signals.worker_shutdown.connect
@@ -70,4 +75,6 @@ def _stop(**_):
 
     if _sweeper is not None:
         _sweeper.stop()
+    if _heartbeat is not None:
+        _heartbeat.stop()
     shutdown_pool()
