@@ -76,8 +76,11 @@ def new_page(browser, live_url, shots, clean) -> Iterator[Callable]:
         ctx.set_default_timeout(15_000)
         contexts.append(ctx)
         page = ctx.new_page()
+        # Script errors and CSP refusals; a 4xx page the test asked for is not one.
         page.console_errors = []
-        page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
+        page.on("console", lambda m: m.type == "error" and not m.text.startswith("Failed to load resource")
+                and page.console_errors.append(m.text))
+        page.on("pageerror", lambda e: page.console_errors.append(str(e)))
         return page
 
     yield make

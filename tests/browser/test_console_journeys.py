@@ -1,0 +1,149 @@
+"""The admin and researcher journeys through the console, in a real browser, with a real worker
+generating the dataset (toy model from tests/workers) and a file fetched through its signed link."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import httpx
+from playwright.sync_api import expect
+
+from tests.browser.conftest import shot, sign_in
+from tests.factories import make_model_version
+
+PURPOSE = "Pre-training a nodule detector before fine-tuning on our own labelled scans."
+
+
+def _loaded(page, selector: str) -> bool:
+    return page.eval_on_selector(selector, "img => img.complete && img.naturalWidth > 0")
+
+
+def test_a_researcher_requests_through_the_form_an_admin_approves_on_the_evidence_and_the_file_downloads_verified(
+        new_page, researcher, admin, model_version, start_worker, shots):
+    worker = start_worker()  # starts while the people click: torch takes a while to import
+
+    page = new_page()
+    sign_in(page, researcher.key)
+    shot(page, shots, "01-researcher-home")
+    page.goto("/ui/catalogue")
+    expect(page.locator("article.model-card")).to_have_count(1)
+    shot(page, shots, "02-researcher-catalogue")
+
+    page.goto("/ui/requests/new")
+    page.fill("[name='count.Atelectasis']", "-3")
+    page.fill("[name='count.Mass']", "4")
+    page.fill("#purpose", PURPOSE)
+    page.fill("#seed", "777")
+    with page.expect_response(lambda r: r.url.endswith("/ui/requests")) as resp:
+        page.click("form[action='/ui/requests'] button[type=submit]")
+    assert resp.value.status == 422
+    expect(page.locator("[data-error-for='count.Atelectasis']")).to_contain_text("greater than 0")
+    assert page.locator("#purpose").input_value() == PURPOSE  # nothing typed is lost
+    shot(page, shots, "03-researcher-request-field-error")
+    page.fill("[name='count.Atelectasis']", "4")
+    page.click("form[action='/ui/requests'] button[type=submit]")
+    page.wait_for_url(re.compile(r"/ui/datasets/[0-9a-f-]{36}\?done=requested"))
+    dataset_id = re.search(r"/ui/datasets/([0-9a-f-]{36})", page.url).group(1)
+    expect(page.locator(f"[data-status='{dataset_id}']")).to_have_text("pending_review")
+    shot(page, shots, "04-researcher-dataset-pending")
+
+    admin_page = new_page()
+    sign_in(admin_page, admin.key)
+    shot(admin_page, shots, "05-admin-home")
+    admin_page.goto("/ui/reviews")
+    row = admin_page.locator(f"tr[data-dataset-row='{dataset_id}']")
+    expect(row).to_contain_text(researcher.name)
+    expect(row).to_contain_text("Atelectasis × 4")
+    shot(admin_page, shots, "06-admin-review-queue")
+    row.locator("text=Open evidence").click()
+    admin_page.wait_for_url(f"**/ui/datasets/{dataset_id}")
+    evidence = admin_page.locator("#evidence")
+    expect(evidence).to_contain_text("same-patient images caught")
+    expect(evidence).to_contain_text("Membership-inference")
+    assert evidence.locator("svg.bars").count() >= 2
+    admin_page.check("input[name=decision][value=approve]")
+    admin_page.click("#review button[type=submit]")
+    expect(admin_page.locator("[data-error-for=reason]")).to_be_visible()  # a reason is required
+    shot(admin_page, shots, "07-admin-review-page")
+    admin_page.fill("#reason", "Purpose fits the data-use agreement; calibration targets met.")
+    admin_page.click("#review button[type=submit]")
+    expect(admin_page.locator(".flash")).to_have_text("Your vote was recorded.")
+    expect(admin_page.locator("#review")).to_contain_text(admin.name)
+
+    page.goto(f"/ui/datasets/{dataset_id}")
+    status = page.locator(f"[data-status='{dataset_id}']")
+    try:  # the page's script polls and reloads when the dataset is done
+        expect(status).to_have_text("ready", timeout=150_000)
+    except AssertionError:
+        raise AssertionError(f"dataset did not become ready:\n{worker.tail()}") from None
+    expect(page.locator("#download")).to_be_visible()
+    shot(page, shots, "08-researcher-dataset-ready")
+    assert f"xraysynth download {dataset_id}" in page.locator("[data-command]").inner_text()
+    names = page.locator("tr[data-file]").evaluate_all("rows => rows.map(r => r.dataset.file)")
+    assert "manifest.csv" in names and "shards/shard-00000.tar" in names
+    assert page.locator("tr[data-file] a[data-signed-link]").count() == len(names)
+    shard = page.locator("tr[data-file='shards/shard-00000.tar']")
+    url = shard.locator("a").get_attribute("href")
+    body = httpx.get(url, timeout=30).content
+    assert hashlib.sha256(body).hexdigest() == shard.locator("[data-sha256]").inner_text()
+    assert len(body) == int(shard.locator("[data-size]").get_attribute("data-size"))
+    assert _loaded(page, "img.preview")
+    assert page.locator("a[href*='evidence'], img[src*='evidence']").count() == 0
+    page.goto("/ui/datasets")
+    expect(page.locator(f"[data-status='{dataset_id}']")).to_have_text("ready")
+    shot(page, shots, "09-researcher-my-datasets")
+
+    admin_page.goto(f"/ui/datasets/{dataset_id}")
+    assert _loaded(admin_page, "img.pairs") and _loaded(admin_page, "img.preview")
+    expect(admin_page.locator("[data-flags]").first).to_be_visible()
+    shot(admin_page, shots, "10-admin-evidence-after-generation")
+    admin_page.goto("/ui/datasets?status=ready")
+    expect(admin_page.locator(f"[data-status='{dataset_id}']")).to_have_text("ready")
+    shot(admin_page, shots, "11-admin-datasets")
+    admin_page.goto(f"/ui/audit?target_id={dataset_id}")
+    expect(admin_page.locator("table.audit")).to_contain_text("dataset.release")
+    shot(admin_page, shots, "12-admin-audit")
+    for p in (page, admin_page):
+        assert p.console_errors == []
+
+
+def test_an_admin_creates_an_account_whose_key_is_shown_once_and_signs_in(new_page, admin, shots):
+    page = new_page()
+    sign_in(page, admin.key)
+    page.goto("/ui/accounts")
+    page.fill("#name", "!")
+    page.click("form[action='/ui/accounts'] button[type=submit]")
+    expect(page.locator("[data-error-for=name]")).to_be_visible()
+    page.fill("#name", "eve-lab")
+    page.fill("#image_quota", "500")
+    page.click("form[action='/ui/accounts'] button[type=submit]")
+    key = page.locator("[data-new-key]").inner_text().strip()
+    shot(page, shots, "admin-accounts-new-key")
+    page.goto("/ui/accounts")
+    assert page.locator("[data-new-key]").count() == 0 and key not in page.content()
+    row = page.locator("tr[data-account='eve-lab']")
+    row.locator("input[name=image_quota]").fill("700")
+    row.locator("button:has-text('Set')").click()
+    expect(page.locator(".flash")).to_have_text("The account was updated.")
+
+    eve = new_page()
+    sign_in(eve, key)
+    expect(eve.locator("main")).to_contain_text("700 images of your quota remain")
+
+
+def test_an_admin_publishes_a_draft_model_and_retires_it(new_page, admin, clean, shots):
+    from service.db import session_scope
+
+    with session_scope() as s:
+        draft = make_model_version(s, status="draft", name="cxr-dcgan", version="2.0")
+    page = new_page()
+    sign_in(page, admin.key)
+    page.goto("/ui/models")
+    shot(page, shots, "admin-models")
+    page.click(f"form[action='/ui/models/{draft.id}/publish'] button")
+    expect(page.locator(".flash")).to_have_text("The model version is published.")
+    page.click(f"form[action='/ui/models/{draft.id}/retire'] button")
+    expect(page.locator(".flash")).to_have_text("The model version is retired.")
+    page.goto("/ui/audit?action=model.")
+    expect(page.locator("table.audit tbody tr")).to_have_count(2)
