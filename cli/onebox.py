@@ -304,6 +304,7 @@ def print_summary(*, api: str, s3: str, labels: dict[str, str], keys: list[RunKe
     table.add_column(style="bold", no_wrap=True)
     table.add_column()
     table.add_row("API", api)
+    table.add_row("console", f"{api}/ui/  (sign in with a key below)")
     table.add_row("docs", f"{api}/docs")
     table.add_row("S3", f"{s3}  (embedded SeaweedFS; credentials in {var_dir / 'secrets.json'})")
     for part, label in labels.items():
