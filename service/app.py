@@ -56,6 +56,8 @@ def create_app() -> FastAPI:
     from service import health
     from service.console.routes import install as install_console
     from service.console.security import SecurityHeaders
+    from service.observability import install_observability
+    from service.openapi import AUTHENTICATED, install_openapi
     from service.routers import ROUTERS
 
     settings = get_settings()
@@ -71,6 +73,8 @@ def create_app() -> FastAPI:
     app.add_middleware(SecurityHeaders)
     app.include_router(health.router)
     for router in ROUTERS:
-        app.include_router(router)
+        app.include_router(router, dependencies=AUTHENTICATED)
     install_console(app)  # the web console under /ui/, and / -> /ui/
+    install_openapi(app)
+    install_observability(app)  # last: the outermost middleware sees every answer
     return app

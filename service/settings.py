@@ -105,6 +105,13 @@ class Settings(BaseSettings):
     # missed reports.
     worker_heartbeat_s: float = Field(default=5.0, gt=0)
 
+    # Operations: outside development /metrics answers only `Authorization: Bearer <metrics_token>`
+    # (and is 404 without one); log lines are "json", "console", or chosen by whether stderr is a tty.
+    metrics_token: str | None = None
+    log_format: Literal["json", "console"] | None = None
+    # Each worker serves its metrics on this port (0: none); several workers on one host need distinct ones.
+    worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
+
     # Hospital zone: where the training set of the shipped default model lives (for its privacy index)
     trainset_dir: str = "var/trainset"
     shared_data_dir: str = "../shared/data/cxr"
