@@ -23,8 +23,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[worker,test]'
 	@touch $@
 
+# Log lines as readable text for a person reading var/logs/*.log (deployed services write JSON lines).
 run: install
-	$(BIN)/xraysynth run $(RUN_ARGS)
+	XRAYSYNTH_LOG_FORMAT=$${XRAYSYNTH_LOG_FORMAT:-console} $(BIN)/xraysynth run $(RUN_ARGS)
 
 # pytest's exit code is the recipe's; make itself reports any failure as 2, so `.ci/run` passes
 # RC_FILE to recover pytest's own code.
@@ -32,8 +33,11 @@ test: install
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ -n "$(RC_FILE)" ]; then echo $$rc > "$(RC_FILE)"; fi; exit $$rc
 
+# ruff (rules in pyproject.toml) and the layout rules: dependencies one way, no import circles, lazy
+# imports of our own code say why. --noconftest: the layout test needs none of the test services.
 lint: install
-	$(BIN)/python -m compileall -q service workers models migrations tests
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -p no:cacheprovider --noconftest tests/test_layout.py
 
 # Forget the one-box state (SQLite fallback, S3 data, generated secrets and keys). A local PostgreSQL
 # database `xraysynth` is left alone: drop it too (dropdb -h 127.0.0.1 -U postgres xraysynth) to start over.

@@ -15,7 +15,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUIRED_SECRETS = ("POSTGRES_PASSWORD", "XRAYSYNTH_S3_ACCESS_KEY_ID", "XRAYSYNTH_S3_SECRET_ACCESS_KEY",
-                    "XRAYSYNTH_API_KEY_PEPPER", "FLOWER_BASIC_AUTH")
+                    "XRAYSYNTH_API_KEY_PEPPER", "FLOWER_BASIC_AUTH", "XRAYSYNTH_METRICS_TOKEN", "GRAFANA_ADMIN_PASSWORD")
 
 
 @pytest.fixture(scope="module")
