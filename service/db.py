@@ -42,7 +42,12 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    settings = get_settings()
+    # pool_size ≥ the worker threads that can hold a connection at once (anyio's 40 in the API): a
+    # thread then never waits for one. pre_ping: a connection that died with a database restart is
+    # replaced on checkout instead of failing the request that drew it.
+    return create_engine(url, pool_pre_ping=True, pool_size=settings.db_pool_size,
+                         max_overflow=settings.db_max_overflow, pool_timeout=settings.db_pool_timeout_s)
 
 
 @lru_cache

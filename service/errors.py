@@ -7,9 +7,15 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("xraysynth.api")
+
+# Seconds a client is asked to wait when the database is down or its pool exhausted: a restart or
+# a burst passes in that order of time, and /v1/health says which part is failing meanwhile.
+DB_RETRY_AFTER_S = 5
 
 
 class ApiError(Exception):
@@ -80,6 +86,27 @@ def _field_of(loc: tuple) -> str:
     return ".".join(parts) or "body"
 
 
+def database_unavailable(exc: BaseException) -> bool:
+    """The database cannot be reached or used right now (down, restarting, connection lost, pool
+    exhausted), as opposed to a bug or a refused statement: the client should retry, not report."""
+    if isinstance(exc, PoolTimeout | OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def database_unavailable_response() -> JSONResponse:
+    return JSONResponse(
+        error_body("database_unavailable", f"the database is unavailable; retry in {DB_RETRY_AFTER_S}s"),
+        status_code=503, headers={"Retry-After": str(DB_RETRY_AFTER_S)},
+    )
+
+
+def _internal_error(request: Request, exc: BaseException) -> JSONResponse:
+    # Logged with its type only: exception text could carry data we must not leak into logs.
+    log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
+    return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError):
@@ -106,8 +133,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(PoolTimeout)
+    async def _database_error(request: Request, exc: Exception):
+        if not database_unavailable(exc):
+            return _internal_error(request, exc)
+        log.warning("database unavailable (%s) on %s %s", type(exc).__name__, request.method, request.url.path)
+        return database_unavailable_response()
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
-        # Logged with its type only: exception text could carry data we must not leak into logs.
-        log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
-        return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
+        return _internal_error(request, exc)

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     # Auth and limits
     api_key_pepper: str = DEV_API_KEY_PEPPER
     rate_limit: str = "120/minute"
+    # Seconds a verified key is trusted without a database lookup; a revocation or a disabled account
+    # made by another process takes this long to be obeyed (this process: at once). 0: look up always.
+    auth_cache_s: float = Field(default=2.0, ge=0)
     max_body_bytes: int = Field(default=64 * 1024, gt=0)
     default_image_quota: int = Field(default=100_000, ge=0)
     max_images_per_request: int = Field(default=1_000_000, gt=0)

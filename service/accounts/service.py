@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from service.accounts.keys import display_prefix, hash_api_key, new_api_key
 from service.accounts.models import Account, ApiKey, Role
@@ -65,7 +65,11 @@ def revoke_key(session: Session, *, key_id: uuid.UUID | None = None, prefix: str
 
 
 def account_for_key(session: Session, *, plain_key: str) -> tuple[Account, ApiKey] | None:
-    key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_api_key(plain_key, get_settings().api_key_pepper)))
+    # One round trip: the account comes with its key (every request authenticates).
+    key = session.scalar(
+        select(ApiKey).options(joinedload(ApiKey.account))
+        .where(ApiKey.key_hash == hash_api_key(plain_key, get_settings().api_key_pepper))
+    )
     if key is None or key.revoked_at is not None:
         return None
     return key.account, key
