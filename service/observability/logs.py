@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 
+from service.settings import get_settings
+
 # One mutable dict per request or task. Sync routes and dependencies run in copies of the context
 # (thread pool), so a value bound there must mutate the shared dict rather than set the variable.
 _context: ContextVar[dict | None] = ContextVar("xraysynth_log_context", default=None)
@@ -130,8 +132,6 @@ class ConsoleFormatter(logging.Formatter):
 
 def _secrets_of_settings() -> list[str]:
     try:
-        from service.settings import get_settings
-
         s = get_settings()
     except Exception:  # noqa: BLE001 — settings that refuse to load are reported elsewhere; redact what we can
         return [os.environ.get("XRAYSYNTH_API_KEY_PEPPER", ""), os.environ.get("XRAYSYNTH_S3_SECRET_ACCESS_KEY", "")]

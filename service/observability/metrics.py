@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Iterator
 
+import redis
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import (
@@ -28,14 +29,21 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from sqlalchemy import func, select
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import queue
+from service.datasets.models import Dataset, DatasetStatus
+from service.db import get_sessionmaker
 from service.errors import NotFound, Unauthorized, error_body
 from service.observability.logs import REQUEST_ID_HEADER, close_context, open_context, request_id_from
 from service.settings import get_settings
 
 log = logging.getLogger("xraysynth.access")
+# Several processes of one server share samples through files there; it must exist before the first metric.
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 disable_created_metrics()  # *_created series double every family and no dashboard here reads them
 
 REQUESTS = Counter("xraysynth_http_requests", "API requests answered, by route template, method and status",
@@ -113,11 +121,6 @@ class StateCollector(Collector):
         yield from self._queue()
 
     def _datasets(self) -> Iterator[Metric]:
-        from sqlalchemy import func, select
-
-        from service.datasets.models import Dataset, DatasetStatus
-        from service.db import get_sessionmaker
-
         by_status = GaugeMetricFamily("xraysynth_datasets", "Datasets (requests) by status", labels=["status"])
         images = GaugeMetricFamily("xraysynth_dataset_images", "Images requested and generated so far, by status",
                                    labels=["status", "kind"])
@@ -139,16 +142,12 @@ class StateCollector(Collector):
         yield images
 
     def _queue(self) -> Iterator[Metric]:
-        from service import queue
-
         url = get_settings().broker_url
         if not url.startswith(("redis://", "rediss://")):
             return
         depth = GaugeMetricFamily("xraysynth_queue_depth", "Tasks waiting in the generation queue (Redis)",
                                   labels=["queue"])
         try:
-            import redis
-
             client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
             # kombu keeps a queue as one list per priority step: the plain name and "<name>\x06\x16<n>".
             keys = [queue.QUEUE, *client.scan_iter(match=f"{queue.QUEUE}\x06\x16*", count=100)]
