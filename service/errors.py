@@ -81,7 +81,10 @@ def error_body(code: str, message: str, field: str | None = None) -> dict:
 
 
 def _field_of(loc: tuple) -> str:
-    # ("body", "conditions", "Mass") -> "conditions.Mass"; ("query", "expires_in") -> "expires_in"
+    # ("body", "conditions", "Mass") -> "conditions.Mass"; ("query", "expires_in") -> "expires_in";
+    # a refused dict key, ("body", "conditions", "<key>", "[key]"), is named by its dict, not echoed.
+    if loc and loc[-1] == "[key]":
+        loc = loc[:-2]
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     return ".".join(parts) or "body"
 

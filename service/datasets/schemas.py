@@ -7,14 +7,19 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from service.datasets.models import DatasetStatus, ImageFormat
 from service.modelversions.schemas import ModelRef
+from service.text import line, text
 
 MAX_SEED = 2**63 - 1  # BIGINT; the worker derives per-image latents from (seed, index)
 
-ConditionName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+ConditionName = line(min_length=1, max_length=64)
+ModelName = line(min_length=1, max_length=160)
+Purpose = text(min_length=20, max_length=2000)
+Reason = text(min_length=1, max_length=2000)
+Note = text(max_length=500)
 ImageCount = Annotated[StrictInt, Field(gt=0, description="images of this condition (> 0)")]
 
 
@@ -38,7 +43,7 @@ class DatasetCreate(BaseModel):
     conditions: dict[ConditionName, ImageCount] = Field(
         min_length=1, max_length=64, description="{condition: count}; see GET /v1/conditions"
     )
-    model: Annotated[str, StringConstraints(min_length=1, max_length=160)] | None = Field(
+    model: ModelName | None = Field(
         None, description='model version id or "name:version"; default: the newest published version offering every requested condition'
     )
     format: ImageFormat = ImageFormat.png
@@ -46,7 +51,7 @@ class DatasetCreate(BaseModel):
     seed: Annotated[StrictInt, Field(ge=0, le=MAX_SEED)] | None = Field(
         None, description="fixes every image (same model + seed + index = same pixels); default: random 63-bit"
     )
-    purpose: Annotated[str, StringConstraints(strip_whitespace=True, min_length=20, max_length=2000)] = Field(
+    purpose: Purpose = Field(
         description="what the images are for (read by the reviewing admins)"
     )
 
@@ -109,7 +114,7 @@ class RevokeRequest(BaseModel):
         extra="forbid",
         json_schema_extra={"examples": [{"reason": "the researcher's ethics approval was withdrawn"}]},
     )
-    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
+    reason: Reason
 
 
 class RetryRequest(BaseModel):
@@ -117,9 +122,9 @@ class RetryRequest(BaseModel):
         extra="forbid",
         json_schema_extra={"examples": [{"note": "storage outage over; resuming from the finished shards"}]},
     )
-    note: Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)] | None = None
+    note: Note | None = None
 
 
 class CancelRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"reason": "requested the wrong condition"}]})
-    reason: Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)] | None = None
+    reason: Note | None = None

@@ -4,14 +4,14 @@ import uuid
 
 from fastapi import APIRouter, Body, Query
 
-from service.deps import AdminDep, CallerDep, SessionDep
+from service.deps import AdminDep, CallerDep, SessionDep, UnitOfWorkRoute
 from service.errors import Forbidden, NotFound
 from service.modelversions import service
 from service.modelversions.models import ModelStatus
 from service.modelversions.schemas import ConditionList, ModelList, ModelPublic, ModelTransition
 from service.settings import get_settings
 
-router = APIRouter(prefix="/v1", tags=["catalogue"])
+router = APIRouter(prefix="/v1", tags=["catalogue"], route_class=UnitOfWorkRoute)
 
 
 @router.get("/conditions", response_model=ConditionList, summary="Conditions of published generators, with availability")

@@ -1,11 +1,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import BaseModel, ConfigDict
 
-from service.datasets.schemas import DatasetPublic
+from service.datasets.schemas import DatasetPublic, Reason
 from service.modelversions.schemas import ModelRef
 from service.reviews.models import Decision
 
@@ -21,7 +20,7 @@ class ReviewCreate(BaseModel):
         },
     )
     decision: Decision
-    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
+    reason: Reason
 
 
 class Vote(BaseModel):
