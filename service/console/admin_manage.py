@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
@@ -20,7 +20,7 @@ from service.deps import SessionDep
 from service.errors import ApiError
 from service.modelversions import service as models_service
 from service.modelversions.models import ModelStatus
-from service.reviews.service import hidden_vote_targets
+from service.reviews.service import visible_details
 from service.settings import get_settings
 
 router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)
@@ -131,7 +131,8 @@ def _when(text: str | None) -> datetime | None:
 
 @router.get("/audit")
 def audit(request: Request, session: SessionDep, caller: AdminPage, action: str = "", target_id: str = "",
-          actor: str = "", since: str = "", until: str = "", before_id: int | None = None):
+          actor: str = "", since: str = "", until: str = "",
+          before_id: int | None = Query(None, ge=1, le=2**63 - 1)):
     action, target_id, actor = action.strip()[:64], target_id.strip()[:64], actor.strip()[:120]
     actor_id, actor_name = None, None
     if actor:
@@ -142,16 +143,9 @@ def audit(request: Request, session: SessionDep, caller: AdminPage, action: str 
     events = list_events(session, action=action or None, target_id=target_id or None, actor_id=actor_id,
                          actor_name=actor_name, since=_when(since), until=_when(until), limit=AUDIT_PAGE,
                          before_id=before_id)
-    # Same rule as GET /v1/audit: the log is no way around blind voting.
-    hidden = hidden_vote_targets(session, viewer=caller.account,
-                                 dataset_ids={e.target_id for e in events if e.action == "review.cast"})
-    rows = []
-    for e in events:
-        details = e.details
-        if e.action == "review.cast" and e.target_id in hidden and e.actor_id != caller.account.id:
-            details = {"hidden": "cast your own vote on this dataset to see the others"}
-        rows.append({"id": e.id, "at": e.at, "actor": e.actor_name, "action": e.action, "target_type": e.target_type,
-                     "target_id": e.target_id, "details": details})
+    seen = visible_details(session, viewer=caller.account, events=events)  # the same rule as GET /v1/audit
+    rows = [{"id": e.id, "at": e.at, "actor": e.actor_name, "action": e.action, "target_type": e.target_type,
+             "target_id": e.target_id, "details": details} for e, details in zip(events, seen, strict=True)]
     filters = {"action": action, "target_id": target_id, "actor": actor, "since": since, "until": until}
     older = None
     if len(events) == AUDIT_PAGE:

@@ -74,6 +74,15 @@ def hidden_vote_targets(session: Session, *, viewer: Account, dataset_ids: set[s
     return {str(d) for d in pending - voted}
 
 
+def visible_details(session: Session, *, viewer: Account, events) -> list[dict]:
+    """Each audit event's details as this admin may see them: the log must not be a way around blind
+    voting, so other admins' votes on a dataset the viewer has yet to review lose decision and reason."""
+    hidden = hidden_vote_targets(session, viewer=viewer, dataset_ids={e.target_id for e in events if e.action == "review.cast"})
+    return [{"hidden": "cast your own vote on this dataset to see the others"}
+            if e.action == "review.cast" and e.target_id in hidden and e.actor_id != viewer.id else e.details
+            for e in events]
+
+
 def cast_vote(
     session: Session, *, dataset_id: uuid.UUID, reviewer: Account, actor: Actor, decision: Decision, reason: str
 ) -> tuple[Dataset, bool]:

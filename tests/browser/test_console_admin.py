@@ -1,0 +1,108 @@
+"""Admin pages that need no worker: revoke with a reason, retry a failed generation, the audit log's
+filters, paging and blind votes."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.browser.conftest import shot, sign_in
+from tests.factories import make_dataset, make_model_version, put_release_object
+
+
+@pytest.fixture
+def model(clean):
+    from service.db import session_scope
+
+    with session_scope() as s:
+        return make_model_version(s, conditions=("No Finding", "Mass"))
+
+
+def _dataset(user, model, status: str):
+    from service.db import session_scope
+
+    with session_scope() as s:
+        return make_dataset(s, account_id=user.id, model_version_id=model.id, status=status).id
+
+
+def test_revoking_a_release_needs_a_reason_and_leaves_the_researcher_no_download(new_page, admin, researcher, model,
+                                                                                 shots):
+    from service import layout, storage
+    from service.settings import get_settings
+
+    ds = _dataset(researcher, model, "ready")
+    put_release_object(layout.release_key(ds, layout.MANIFEST), b"index,file\n")
+    page = new_page()
+    sign_in(page, admin.key)
+    page.goto(f"/ui/datasets/{ds}")
+    page.click("form[action$='/revoke'] button")
+    expect(page.locator("[data-error-for=reason]")).to_be_visible()
+    page.fill("#revoke-reason", "ethics approval withdrawn")
+    page.click("form[action$='/revoke'] button")
+    expect(page.locator(".flash")).to_have_text("The release was revoked and its files deleted.")
+    expect(page.locator(f"[data-status='{ds}']")).to_have_text("revoked")
+    assert not storage.exists(get_settings().release_bucket, layout.release_key(ds, layout.MANIFEST))
+
+    r = new_page()
+    sign_in(r, researcher.key)
+    r.goto(f"/ui/datasets/{ds}")
+    expect(r.locator(f"[data-status='{ds}']")).to_have_text("revoked")
+    assert r.locator("#download").count() == 0
+    shot(r, shots, "researcher-dataset-revoked")
+
+
+def test_an_admin_retries_a_failed_generation_from_the_datasets_page(new_page, admin, researcher, model, shots):
+    ds = _dataset(researcher, model, "failed")
+    page = new_page()
+    sign_in(page, admin.key)
+    page.goto("/ui/datasets?status=failed")
+    shot(page, shots, "admin-datasets-failed")
+    page.click(f"a[href='/ui/datasets/{ds}']")
+    page.click("form[action$='/retry'] button")
+    expect(page.locator(".flash")).to_have_text("Generation was restarted; finished shards are kept.")
+    expect(page.locator(f"[data-status='{ds}']")).to_have_text("approved")
+
+
+def test_the_audit_log_filters_pages_and_hides_another_admins_vote_until_you_cast_yours(
+        new_page, admin, admin2, researcher, model, shots, monkeypatch):
+    from service.accounts.models import Account
+    from service.accounts.service import actor_of
+    from service.audit.service import SYSTEM, record
+    from service.db import session_scope
+    from service.reviews import service as reviews
+    from service.reviews.models import Decision
+    from service.settings import get_settings
+
+    monkeypatch.setenv("XRAYSYNTH_REVIEWS_REQUIRED", "2")  # one approval leaves it pending: votes stay blind
+    get_settings.cache_clear()
+    ds = _dataset(researcher, model, "pending_review")
+    with session_scope() as s:
+        for i in range(60):
+            record(s, actor=SYSTEM, action="test.filler", target_type="test", target_id=i)
+        other = s.get(Account, admin2.id)
+        reviews.cast_vote(s, dataset_id=ds, reviewer=other, actor=actor_of(other), decision=Decision.approve,
+                          reason="secret-reason-of-admin2")
+
+    page = new_page()
+    sign_in(page, admin.key)
+    page.goto("/ui/audit")
+    expect(page.locator("table.audit tbody tr")).to_have_count(50)
+    shot(page, shots, "admin-audit")
+    page.click("text=Older events")
+    expect(page.locator("table.audit tbody tr").first).to_be_visible()
+    assert re.search(r"before_id=\d+", page.url)
+
+    page.goto("/ui/audit?action=review.cast")
+    row = page.locator("table.audit tbody tr")
+    expect(row).to_have_count(1)
+    expect(row).to_contain_text("cast your own vote")
+    assert "secret-reason-of-admin2" not in page.content()
+    page.goto(f"/ui/datasets/{ds}")
+    assert "secret-reason-of-admin2" not in page.content()  # the review page is blind too
+    page.check("input[name=decision][value=approve]")
+    page.fill("#reason", "agree")
+    page.click("#review button[type=submit]")
+    expect(page.locator("#review")).to_contain_text("secret-reason-of-admin2")
+    get_settings.cache_clear()
