@@ -14,8 +14,18 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import select
 
 from cli.ops import cli_actor, settings_or_exit
+from service import layout, storage
+from service.audit.service import record
+from service.db import session_scope
+from service.errors import ApiError
+from service.modelversions import service as mv_service
+from service.modelversions.models import ModelStatus, ModelVersion
+from service.modelversions.rows import model_version_row
+from service.modelversions.service import list_models, publish_blockers, resolve_model, retire
+from service.settings import get_settings
 
 console = Console()
 err_console = Console(stderr=True)
@@ -37,7 +47,6 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _resolve(session, ref: str):
-    from service.modelversions.service import resolve_model
 
     mv = resolve_model(session, ref=ref)
     if mv is None:
@@ -50,9 +59,6 @@ def models_list(
     include_all: Annotated[bool, typer.Option("--all", help="Include drafts and retired versions.")] = False,
 ) -> None:
     """Model versions, newest first, with what stands between a draft and publication."""
-    from service.db import session_scope
-    from service.modelversions.models import ModelStatus
-    from service.modelversions.service import list_models, publish_blockers
 
     settings_or_exit()
     statuses = list(ModelStatus) if include_all else [ModelStatus.published]
@@ -84,6 +90,7 @@ def models_register(
     publish: Annotated[bool, typer.Option("--publish", help="Publish straight after registering.")] = False,
 ) -> None:
     """Upload a checkpoint, build and calibrate its privacy index, and record a draft version."""
+    # lazy: the API image has no models/ or workers/, and `xraysynth --help` stays torch-free
     from models.trainset import load_trainset
 
     settings_or_exit()
@@ -115,9 +122,6 @@ def models_retire(
     note: Annotated[Optional[str], typer.Option(help="Reason, kept in the audit log.")] = None,
 ) -> None:
     """published → retired: no new requests; existing datasets keep their provenance."""
-    from service.db import session_scope
-    from service.errors import ApiError
-    from service.modelversions.service import retire
 
     settings_or_exit()
     try:
@@ -141,6 +145,7 @@ def models_package(
                                                      "(default: the shipped default, models/checkpoints/default).")] = None,
 ) -> None:
     """Write a bundle as the checkpoint `make run` ships: name and version in its card, card.json beside it."""
+    # lazy: the API image has no models/ or workers/, and `xraysynth --help` stays torch-free
     from models.bundle import load_bundle, write_atomic
     from models.registry import bundle_checkpoint
 
@@ -169,8 +174,8 @@ def models_bootstrap_default() -> None:
 
 
 def _register(bundle_bytes: bytes, *, name: str, version: str, trainset) -> object:
-    from service.db import session_scope
-    from workers.model_store import register_model_version
+    # lazy: the API image has no models/ or workers/, and `xraysynth --help` stays torch-free
+    from workers.registration import register_model_version
 
     with console.status(f"registering {name}:{version}: uploading, building and calibrating the privacy index…"):
         try:
@@ -183,13 +188,9 @@ def _register(bundle_bytes: bytes, *, name: str, version: str, trainset) -> obje
 
 
 def _publish(ref: str, *, note: str | None) -> None:
-    from service.db import session_scope
-    from service.errors import ApiError
-    from service.modelversions.service import publish
-
     try:
         with session_scope() as session:
-            mv = publish(session, model_id=_resolve(session, ref).id, actor=cli_actor(), note=note)
+            mv = mv_service.publish(session, model_id=_resolve(session, ref).id, actor=cli_actor(), note=note)
             label = f"{mv.name}:{mv.version}"
     except ApiError as exc:
         raise CommandError(f"cannot publish {ref}: {exc.message}") from None
@@ -208,6 +209,7 @@ def default_checkpoint_dir() -> Path:
 def _ensure_trainset(console: Console, settings) -> tuple[object | None, str | None]:
     """The training set for the default model's privacy index: the one already in settings.trainset_dir,
     or ingested there from the hospital data in settings.shared_data_dir. (None, why) if neither exists."""
+    # lazy: the API image has no models/ or workers/, and `xraysynth --help` stays torch-free
     from models.trainset import load_trainset
 
     target = Path(settings.trainset_dir)
@@ -218,6 +220,7 @@ def _ensure_trainset(console: Console, settings) -> tuple[object | None, str | N
     if not labels.exists():
         return None, (f"no training data: neither {target}/trainset.json nor {labels} exists "
                       "(set XRAYSYNTH_SHARED_DATA_DIR or XRAYSYNTH_TRAINSET_DIR)")
+    # lazy: the API image has no models/ or workers/, and `xraysynth --help` stays torch-free
     from models.ingest import ingest
 
     console.print(f"ingesting the hospital data in {source} into {target} (for the privacy index)…")
@@ -230,25 +233,8 @@ def _ensure_trainset(console: Console, settings) -> tuple[object | None, str | N
 def _register_draft_without_index(session, *, bundle_bytes: bytes, card: dict, name: str, version: str, why: str):
     """Record the shipped model as a draft when its privacy index cannot be built here: an admin sees
     it (and why) in `models list --all`; the publish rules refuse it until it is re-registered with data."""
-    import hashlib
-
-    from service import layout, storage
-    from service.audit.service import record
-    from service.modelversions.models import ModelStatus, ModelVersion
-    from service.settings import get_settings
-
-    key = layout.checkpoint_key(name, version)
-    storage.put_bytes(get_settings().private_bucket, key, bundle_bytes)
-    td = card.get("training_data") if isinstance(card.get("training_data"), dict) else {}
-    mv = ModelVersion(
-        name=name, version=version,
-        architecture=str(card.get("architecture") or "conditional DCGAN")[:80],
-        image_size=int(card.get("image_size") or 128), conditions=list(card.get("conditions") or []),
-        checkpoint_key=key, checkpoint_sha256=hashlib.sha256(bundle_bytes).hexdigest(),
-        training_fingerprint=str(td.get("fingerprint") or card.get("trainset_fingerprint") or "unknown")[:64],
-        patients_per_condition=dict(td.get("patients_per_condition") or card.get("patients_per_condition") or {}),
-        metrics=card.get("metrics") or {}, card=card, status=ModelStatus.draft,
-    )
+    sha = storage.put_bytes(get_settings().private_bucket, layout.checkpoint_key(name, version), bundle_bytes)
+    mv = model_version_row(card=card, sha256=sha, name=name, version=version, size_bytes=len(bundle_bytes))
     session.add(mv)
     session.flush()
     record(session, actor=cli_actor(), action="model.register", target_type="model_version", target_id=mv.id,
@@ -262,14 +248,7 @@ def bootstrap_default_model(console: Console) -> str:
     Returns a one-line summary for `xraysynth run`. Idempotent: a published model means nothing to do;
     a draft left without a privacy index (no data last time) is replaced once the data is reachable.
     """
-    from sqlalchemy import select
 
-    from service.db import session_scope
-    from service.modelversions.models import ModelStatus, ModelVersion
-    from service.modelversions.service import list_models
-    from service.settings import get_settings
-
-    from service import storage
 
     settings = get_settings()
     with session_scope() as session:
@@ -313,7 +292,6 @@ def bootstrap_default_model(console: Console) -> str:
                                                   version=version, why=why)
                 return f"[yellow]{name}:{version} is a draft, not published: {why}[/]"
             if stale is not None:  # the index-less draft of an earlier run: replace it now that data exists
-                from service.audit.service import record
 
                 record(session, actor=cli_actor(), action="model.delete_draft", target_type="model_version",
                        target_id=stale.id, details={"name": name, "version": version,
@@ -328,6 +306,7 @@ def bootstrap_default_model(console: Console) -> str:
 
 def _mount_models_cli(app: typer.Typer) -> None:
     try:
+        # lazy: the API image has no models/ or workers/, and `xraysynth --help` stays torch-free
         from models import cli as models_cli
     except ImportError:  # the API image has no models/ package: no hospital ML commands there
         return

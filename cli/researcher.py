@@ -213,7 +213,14 @@ def download(
     api_key: ApiKey = "",
 ) -> None:
     """Download a ready dataset: every file verified against its sha256; re-run to resume."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
     out.mkdir(parents=True, exist_ok=True)
     with _client(api_url, api_key) as http:

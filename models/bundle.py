@@ -62,7 +62,7 @@ class Bundle:
         y = torch.as_tensor(y, dtype=torch.float32, device=self.device)
         return self.generator(z, y)
 
-    def to(self, device) -> "Bundle":
+    def to(self, device) -> Bundle:
         for m in (self.generator, self.classifier, self.discriminator):
             if m is not None:
                 m.to(device)

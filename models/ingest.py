@@ -102,7 +102,7 @@ def read_dicom(path: Path) -> tuple[np.ndarray, dict]:
         raise Skip("no pixel data")
     try:
         arr = ds.pixel_array
-    except Exception as e:  # decoder missing, truncated stream, inconsistent header ...
+    except Exception as e:  # noqa: BLE001 — decoder missing, truncated stream, inconsistent header ...
         raise Skip(f"pixel data could not be decoded ({type(e).__name__}: {e})") from None
     if arr.ndim == 3 and int(getattr(ds, "SamplesPerPixel", 1)) == 1:
         arr = arr[0]  # multi-frame: the first frame

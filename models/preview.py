@@ -1,12 +1,17 @@
 """Preview grids: synthetic images per condition with their Grad-CAM heatmaps underneath.
 
-Used for runs/grid.png and by the worker for a dataset's preview.png (full-colour overlays only
-live in previews; stored heatmaps stay single-channel).
+Used for runs/grid.png (`xraysynth preview`); a released dataset's preview.png is drawn by the worker
+(workers/preview.py). Full-colour overlays only live in previews; stored heatmaps stay single-channel.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+from .gradcam import gradcam_batch
+from .imaging import to_uint8
+from .latents import latent_batch
 
 
 def colormap(h: np.ndarray) -> np.ndarray:
@@ -30,12 +35,6 @@ def overlay(images_u8: np.ndarray, heatmaps: np.ndarray, alpha: float = 0.45) ->
 def preview_grid(bundle, conditions: list[str] | None = None, per_condition: int = 6, seed: int = 0,
                  heatmaps: bool = True, pad: int = 2) -> np.ndarray:
     """RGB uint8 mosaic: one block per condition (a row of images, their heatmaps beneath)."""
-    import torch
-
-    from .gradcam import gradcam_batch
-    from .imaging import to_uint8
-    from .latents import latent_batch
-
     conditions = conditions or list(bundle.conditions)
     names = [c for c in conditions for _ in range(per_condition)]
     y = bundle.condition_vectors(names)

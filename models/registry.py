@@ -1,17 +1,17 @@
 """Model registry, the pure part: the model card, the checkpoint bytes and their sha256.
 
-A model version = a checkpoint in the private bucket (``models/<name>/<version>/bundle.pt``,
-addressed and verified by sha256) + a ModelVersion row carrying the card. The lead wires the
-database session, the S3 client and the ``xraysynth models register|publish|list`` commands; these
-functions build everything they store, with no I/O beyond reading a bundle.
+A model version = a checkpoint addressed and verified by sha256 + a ModelVersion row carrying the
+card. These functions build what registration stores, with no I/O beyond reading a bundle; where it
+is stored and the row itself belong to service/ (layout, modelversions.rows) and workers/registration.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+
+from .bundle import bundle_bytes, load_bundle
 
 ARCHITECTURE = "conditional DCGAN 128px: embedding + conditional-BN generator, projection discriminator, hinge loss"
 
@@ -33,11 +33,6 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def object_key(name: str, version: str) -> str:
-    """Where the checkpoint lives in the private bucket (docs/architecture.md)."""
-    return f"models/{name}/{version}/bundle.pt"
-
-
 def build_card(*, trainset, config: dict, training: dict, classifier_trained: bool = True,
                metrics: dict | None = None, name: str = "xraysynth-dcgan", version: str = "0") -> dict:
     """The model card: what was trained on what, how, under which licences, and how well it does."""
@@ -49,7 +44,7 @@ def build_card(*, trainset, config: dict, training: dict, classifier_trained: bo
     card = {
         "name": name,
         "version": version,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "architecture": ARCHITECTURE,
         "image_size": int(config.get("image_size", 128)),
         "conditions": list(trainset.conditions),
@@ -94,8 +89,6 @@ def build_card(*, trainset, config: dict, training: dict, classifier_trained: bo
 
 def bundle_checkpoint(bundle) -> tuple[bytes, str]:
     """A loaded Bundle -> (checkpoint bytes as save_bundle writes them, sha256 hex)."""
-    from .bundle import bundle_bytes
-
     data = bundle_bytes(generator=bundle.generator, classifier=bundle.classifier,
                         discriminator=bundle.discriminator, conditions=bundle.conditions,
                         config=bundle.config, card=bundle.card)
@@ -109,50 +102,8 @@ def file_checkpoint(path) -> tuple[bytes, str]:
 
 def with_card(bundle_source, card: dict) -> tuple[bytes, str]:
     """Re-serialise a bundle (path or bytes) with a new card (e.g. after evaluation) -> (bytes, sha256)."""
-    from .bundle import load_bundle
-
     b = load_bundle(bundle_source)
     b.card = card
     return bundle_checkpoint(b)
 
 
-def model_version_fields(*, card: dict, sha256: str, name: str, version: str, size_bytes: int | None = None) -> dict:
-    """The ModelVersion row's columns (DESIGN.md 'Domain'), ready for the lead's SQLAlchemy model."""
-    dp = card.get("differential_privacy") or {}
-    td = card.get("training_data", {})
-    return {
-        "name": name,
-        "version": version,
-        "architecture": card.get("architecture", ARCHITECTURE),
-        "image_size": int(card.get("image_size", 128)),
-        "conditions": list(card.get("conditions", [])),
-        "checkpoint_key": object_key(name, version),
-        "checkpoint_sha256": sha256,
-        "checkpoint_size": size_bytes,
-        "training_fingerprint": td.get("fingerprint"),
-        "patients_per_condition": td.get("patients_per_condition", {}),
-        "dp_epsilon": dp.get("epsilon"),
-        "dp_delta": dp.get("delta"),
-        "metrics": card.get("metrics", {}),
-        "privacy_calibration": card.get("privacy", {}).get("calibration") if card.get("privacy") else None,
-        "card": card,
-        "status": "draft",
-    }
-
-
-def public_card(card: dict) -> dict:
-    """The researcher-facing subset: aggregates only (no per-patient data exists in a card anyway)."""
-    keep = ("name", "version", "architecture", "image_size", "conditions", "licences", "caveats", "metrics",
-            "differential_privacy", "created_at")
-    out = {k: card.get(k) for k in keep}
-    td = card.get("training_data", {})
-    out["training_data"] = {"fingerprint": td.get("fingerprint"), "patients_per_condition": td.get("patients_per_condition")}
-    return out
-
-
-def card_bytes(card: dict) -> bytes:
-    import json
-
-    buf = io.StringIO()
-    json.dump(card, buf, indent=2, default=str)
-    return buf.getvalue().encode()

@@ -85,7 +85,7 @@ class TrainSet:
     def __len__(self) -> int:
         return len(self.images)
 
-    def subset(self, mask) -> "TrainSet":
+    def subset(self, mask) -> TrainSet:
         """Rows where ``mask`` (bool or index array) holds; fingerprint is recomputed lazily by callers."""
         m = np.asarray(mask)
         return TrainSet(
@@ -95,7 +95,7 @@ class TrainSet:
             None if self.views is None else self.views[m], dict(self.info),
         )
 
-    def split(self, name: str) -> "TrainSet":
+    def split(self, name: str) -> TrainSet:
         return self.subset(self.splits == name)
 
     def patients_per_condition(self) -> dict[str, int]:

@@ -31,6 +31,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from service import layout, storage
+from service.db import get_sessionmaker
+from service.embedded import start_seaweedfs
+from service.settings import get_settings
+from workers import retry
+from workers.config import worker_settings
+from workers.device import DeviceStage, prepare_for_inference
+from workers.encode import EncodeContext, ImageRecord, ShardTarWriter, encode_chunk, heatmaps_to_uint8
+from workers.produce import ENCODE_CHUNK, ShardJob, produce_shard
+from workers.record import bulk_insert_provenance
+
 GEN_GAIN = 3.0  # an untrained generator's default init draws near-flat images; scaled, they have texture
 
 TEMP_TABLE_DDL = (
@@ -61,10 +72,10 @@ def _pool_pids(pool) -> list[int]:
 def _bench_model(bundle_path: str | None, ngf: int | None, index_size: int, device: str):
     import torch
 
+    # torch: imported when the bench runs, so `xraysynth bench … --help` stays light
     from models.bundle import load_bundle, untrained_bundle
     from models.conditions import CONDITIONS
     from models.privacy import build_privacy_index, calibrate
-    from workers.shard import prepare_for_inference
 
     if bundle_path:
         bundle = load_bundle(Path(bundle_path).read_bytes(), device=device)
@@ -96,8 +107,6 @@ def _bench_model(bundle_path: str | None, ngf: int | None, index_size: int, devi
 
 def _storage(stack: ExitStack, console: Console) -> str:
     """The configured store if it answers, else an embedded SeaweedFS for this run."""
-    from service import storage
-    from service.settings import get_settings
 
     try:
         storage.ping()
@@ -105,7 +114,6 @@ def _storage(stack: ExitStack, console: Console) -> str:
         return "configured S3 store"
     except Exception:  # noqa: BLE001 — any failure means: bring our own
         pass
-    from service.embedded import start_seaweedfs
 
     tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="xraysynth-bench-s3-"))
     key, secret = "bench-" + uuid.uuid4().hex[:6], uuid.uuid4().hex
@@ -124,7 +132,6 @@ def _db_session(stack: ExitStack):
     """A session with the temporary provenance table, or None if the database is unreachable."""
     from sqlalchemy import text
 
-    from service.db import get_sessionmaker
 
     try:
         session = get_sessionmaker()()
@@ -142,7 +149,6 @@ def _db_session(stack: ExitStack):
 def _copy(session, rows) -> None:
     from sqlalchemy import text
 
-    from workers.shard import bulk_insert_provenance
 
     bulk_insert_provenance(session, rows, table="bench_synthetic_images")
     session.commit()
@@ -166,12 +172,8 @@ def run_pipeline_bench(
     """Time each stage alone and the whole pipeline; print a table; return the figures."""
     import torch
 
+    # torch: imported when the bench runs, so `xraysynth bench … --help` stays light
     from models.privacy import memorisation_filter
-    from service.settings import get_settings
-    from workers import retry
-    from workers.config import worker_settings
-    from workers.encode import EncodeContext, ImageRecord, ShardTarWriter, encode_chunk, heatmaps_to_uint8
-    from workers.shard import ENCODE_CHUNK, DeviceStage, ShardJob, produce_shard
 
     console = console or Console()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -290,7 +292,7 @@ def run_pipeline_bench(
                     out = produce_shard(job, loaded, tmp, pool=pool, batch_size=batch,
                                         max_attempts=worker_settings().max_filter_attempts,
                                         uid_root=worker_settings().dicom_uid_root)
-                    retry.upload_fileobj(bucket, f"{prefix}{ds_id}/shard-{k:05d}.tar", tmp, "application/x-tar",
+                    retry.upload_fileobj(bucket, f"{prefix}{ds_id}/" + layout.shard_name(k), tmp, "application/x-tar",
                                          out.sha256)
                 if session is not None:
                     _copy(session, out.rows)

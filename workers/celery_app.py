@@ -15,8 +15,12 @@ import sys
 from celery import Celery, signals
 
 import service.tables  # noqa: F401 — every table registered, so relationships between domains resolve
-from service.settings import get_settings
+from service import db, heartbeat, storage
 from service.queue import celery_config
+from service.settings import get_settings
+from workers.heartbeat import HeartbeatThread
+from workers.produce import shutdown_pool
+from workers.sweeper import SweeperThread
 
 log = logging.getLogger("xraysynth.worker")
 
@@ -40,7 +44,6 @@ def _on_worker_init(sender=None, **_):
 @signals.worker_process_init.connect
 def _on_child_start(**_):
     """A prefork child: fresh connections (sockets must not be shared across a fork), few torch threads."""
-    from service import db, storage
 
     if db.get_engine.cache_info().currsize:
         db.get_engine().dispose(close=False)  # leave the parent's connections alone
@@ -57,9 +60,6 @@ def _on_child_start(**_):
 @signals.worker_ready.connect
 def _start_sweeper(**_):
     global _sweeper, _heartbeat
-    from service import heartbeat
-    from workers.heartbeat import HeartbeatThread
-    from workers.sweeper import SweeperThread
 
     _sweeper = SweeperThread()
     _sweeper.start()
@@ -71,7 +71,6 @@ def _start_sweeper(**_):
 
 @signals.worker_shutdown.connect
 def _stop(**_):
-    from workers.shard import shutdown_pool
 
     if _sweeper is not None:
         _sweeper.stop()

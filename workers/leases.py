@@ -22,6 +22,7 @@ from functools import lru_cache
 import redis
 
 from service.queue import VISIBILITY_TIMEOUT_S
+from service.settings import get_settings
 from workers.config import worker_settings
 
 PREFIX = "xraysynth:"
@@ -34,7 +35,6 @@ _REFRESH = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pex
 
 @lru_cache
 def _client(pid: int) -> redis.Redis:  # one client per process: connections must not cross a fork
-    from service.settings import get_settings
 
     return redis.Redis.from_url(get_settings().broker_url, socket_timeout=5, socket_connect_timeout=5)
 
@@ -144,7 +144,7 @@ class Lease:
                 pass  # it expires on its own
         self.held = False
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         self.acquire()
         return self
 

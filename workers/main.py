@@ -6,6 +6,9 @@ import logging
 import os
 import socket
 
+from service import queue
+from workers.celery_app import app
+
 
 def run_worker(concurrency: int | None = None, loglevel: str = "info", pool: str | None = None) -> None:
     """Consume the generation queue until stopped.
@@ -14,8 +17,6 @@ def run_worker(concurrency: int | None = None, loglevel: str = "info", pool: str
     first task). ``concurrency`` > 1 uses prefork children, each loading its own model after the fork
     with cores/concurrency torch threads.
     """
-    from service import queue
-    from workers.celery_app import app
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

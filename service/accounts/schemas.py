@@ -38,7 +38,7 @@ class AccountUpdate(BaseModel):
     disabled: StrictBool | None = None
 
     @model_validator(mode="after")
-    def _something(self) -> "AccountUpdate":
+    def _something(self) -> AccountUpdate:
         if self.image_quota is None and self.disabled is None:
             raise ValueError("give image_quota and/or disabled")
         return self

@@ -11,11 +11,13 @@ import logging
 from datetime import timedelta
 
 from botocore.exceptions import ClientError
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from service import layout, storage
 from service.accounts.models import Account, Role
 from service.audit.service import Actor, record
+from service.datasets.card import DatasetCard
 from service.datasets.models import Dataset, DatasetStatus, ShardStatus
 from service.datasets.service import to_public
 from service.errors import Conflict, Gone, Unprocessable
@@ -105,21 +107,23 @@ def dataset_card(session: Session, *, dataset: Dataset, viewer: Account) -> dict
         try:
             card = json.loads(storage.get_bytes(get_settings().release_bucket, key))
             if isinstance(card, dict):
-                return {"provisional": False, **card}
+                return DatasetCard.model_validate({"provisional": False, **card}).to_json()
         except ClientError:
             log.warning("dataset %s is ready but its dataset_card.json is missing", dataset.id)
+        except ValidationError:
+            log.warning("dataset %s: dataset_card.json does not have the dataset card's shape", dataset.id)
         except ValueError:
             log.warning("dataset %s: dataset_card.json is not valid JSON", dataset.id)
 
     mv = session.get(ModelVersion, dataset.model_version_id)
     public = to_public(session, dataset)
     min_patients = get_settings().min_training_patients
-    return {
-        "provisional": True,
-        "note": "provisional: built from the request; the final card is published with the release",
-        "dataset_id": str(dataset.id),
-        "status": dataset.status.value,
-        "model": {
+    return DatasetCard(
+        provisional=True,
+        note="provisional: built from the request; the final card is published with the release",
+        dataset_id=str(dataset.id),
+        status=dataset.status.value,
+        model={
             "id": str(mv.id), "name": mv.name, "version": mv.version, "architecture": mv.architecture,
             "image_size": mv.image_size, "training_fingerprint": mv.training_fingerprint,
             "metrics": models_service.sanitise({k: v for k, v in (mv.metrics or {}).items() if k != "membership_inference"}),
@@ -127,12 +131,12 @@ def dataset_card(session: Session, *, dataset: Dataset, viewer: Account) -> dict
             "card": models_service.researcher_card(mv.card or {}),
             "conditions": models_service.condition_offers(mv, min_patients=min_patients),
         },
-        "request": {
+        request={
             "conditions": dataset.spec, "total_images": dataset.total_images, "format": dataset.format.value,
             "heatmaps": dataset.heatmaps, "seed": dataset.seed, "purpose": dataset.purpose,
             "requested_by": public["owner"]["name"], "requested_at": dataset.created_at.isoformat(),
         },
-        "review": reviews_service.review_state(session, dataset=dataset, viewer=viewer, researcher_view=viewer.role != Role.admin),
-        "privacy_summary": dataset.privacy_summary,
-        "progress": public["progress"],
-    }
+        review=reviews_service.review_state(session, dataset=dataset, viewer=viewer, researcher_view=viewer.role != Role.admin),
+        privacy_summary=dataset.privacy_summary,
+        progress=public["progress"],
+    ).to_json()

@@ -5,6 +5,7 @@ import uuid
 from fastapi import APIRouter, Body, Query
 
 from service.datasets import release, service
+from service.datasets.card import DatasetCard
 from service.datasets.models import DatasetStatus
 from service.datasets.schemas import (
     CancelRequest,
@@ -62,7 +63,8 @@ def download(
     return release.download_manifest(session, dataset=ds, actor=caller.actor, expires_in=expires_in)
 
 
-@router.get("/{dataset_id}/card", summary="Dataset card (provisional until the release is published)")
+@router.get("/{dataset_id}/card", response_model=DatasetCard, response_model_exclude_unset=True,
+            summary="Dataset card (provisional until the release is published)")
 def card(dataset_id: uuid.UUID, session: SessionDep, caller: CallerDep) -> dict:
     ds = service.get_visible(session, dataset_id=dataset_id, account=caller.account)
     return release.dataset_card(session, dataset=ds, viewer=caller.account)

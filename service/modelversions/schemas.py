@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -49,6 +50,36 @@ class PrivacySummary(BaseModel):
     membership_inference: MembershipInferenceSummary | None
 
 
+class PublicTrainingData(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    fingerprint: Any = None
+    patients_per_condition: Any = None
+    n_images: Any = None
+
+
+class PublicModelCard(BaseModel):
+    """The part of a model card researchers see (the one list of public card fields); the training
+    configuration, run details and anything naming a storage location stay in the hospital zone.
+    Values are the card's own (cards from older trainers vary in type), so they are not coerced."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Any = None
+    version: Any = None
+    architecture: Any = None
+    image_size: Any = None
+    conditions: Any = None
+    licences: Any = None
+    citations: Any = None
+    caveats: Any = None
+    limitations: Any = None
+    intended_use: Any = None
+    how_to_cite: Any = None
+    metrics: Any = None
+    differential_privacy: Any = None
+    created_at: Any = None
+    training_data: PublicTrainingData | None = None
+
+
 class ModelPublic(BaseModel):
     id: uuid.UUID
     name: str
@@ -62,7 +93,7 @@ class ModelPublic(BaseModel):
     conditions: list[ConditionOffer]
     metrics: dict
     privacy: PrivacySummary
-    card: dict
+    card: dict = Field(description="PublicModelCard: the fields the model's card has")
     # Admins only (None for researchers): why this version cannot be published yet.
     publish_blockers: list[str] | None = None
 

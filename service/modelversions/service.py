@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from service.audit.service import Actor, record
 from service.errors import Conflict, NotFound
 from service.modelversions.models import ModelStatus, ModelVersion
+from service.modelversions.schemas import PublicModelCard, PublicTrainingData
 from service.timeutil import utcnow
 
 # Keys that name storage locations or secrets; stripped from the free-form card/metrics documents
@@ -20,19 +21,17 @@ from service.timeutil import utcnow
 _PRIVATE_KEY = re.compile(r"(^|_)(key|keys|path|paths|bucket|checkpoint|s3|privacy_index|index_meta)($|_)", re.I)
 
 
-# Card fields researchers see (models/registry.py public_card keeps the same set); training config and
-# run details stay in the hospital zone.
-PUBLIC_CARD_FIELDS = ("name", "version", "architecture", "image_size", "conditions", "licences", "citations",
-                      "caveats", "limitations", "intended_use", "how_to_cite", "metrics", "differential_privacy",
-                      "created_at")
+PUBLIC_CARD_FIELDS = tuple(k for k in PublicModelCard.model_fields if k != "training_data")
+PUBLIC_TRAINING_DATA_FIELDS = tuple(PublicTrainingData.model_fields)
 
 
 def researcher_card(card: dict) -> dict:
+    """The card as researchers see it (PublicModelCard), with anything pointing into the private zone dropped."""
     out = {k: card[k] for k in PUBLIC_CARD_FIELDS if k in card}
     td = card.get("training_data")
     if isinstance(td, dict):
-        out["training_data"] = {k: td.get(k) for k in ("fingerprint", "patients_per_condition", "n_images") if k in td}
-    return sanitise(out)
+        out["training_data"] = {k: td.get(k) for k in PUBLIC_TRAINING_DATA_FIELDS if k in td}
+    return PublicModelCard.model_validate(sanitise(out)).model_dump(exclude_unset=True)
 
 
 def sanitise(doc: object) -> object:

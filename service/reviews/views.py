@@ -6,6 +6,7 @@ from typing import Literal
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
+from service import layout
 from service.datasets import service as datasets_service
 from service.datasets.models import DatasetStatus
 from service.deps import AdminDep, SessionDep
@@ -53,9 +54,9 @@ def _image(session, caller, dataset_id: uuid.UUID, name: str) -> StreamingRespon
 
 @router.get("/datasets/{dataset_id}/evidence/pairs.png", summary="Synthetic images beside their nearest real training images")
 def evidence_pairs(dataset_id: uuid.UUID, session: SessionDep, caller: AdminDep):
-    return _image(session, caller, dataset_id, "pairs.png")
+    return _image(session, caller, dataset_id, layout.EVIDENCE_PAIRS)
 
 
 @router.get("/datasets/{dataset_id}/evidence/preview.png", summary="Preview grid with heatmaps (once generated)")
 def evidence_preview(dataset_id: uuid.UUID, session: SessionDep, caller: AdminDep):
-    return _image(session, caller, dataset_id, "preview.png")
+    return _image(session, caller, dataset_id, layout.EVIDENCE_PREVIEW)

@@ -11,9 +11,11 @@ import torch
 from models.bundle import load_bundle, save_bundle, untrained_bundle
 from models.conditions import CONDITIONS
 from models.evaluate import EvalConfig, evaluate_bundle
-from models.registry import (bundle_checkpoint, build_card, file_checkpoint, model_version_fields, object_key,
-                             public_card, with_card)
+from models.registry import build_card, bundle_checkpoint, file_checkpoint, with_card
 from models.trainset import load_trainset, write_trainset
+from service.layout import checkpoint_key as object_key
+from service.modelversions.rows import model_version_fields
+from service.modelversions.service import researcher_card as public_card
 
 SMALL = {"nz": 16, "ngf": 4, "ndf": 4, "emb_dim": 8, "classifier_width": 4}
 

@@ -10,9 +10,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from cli.hospital import SHIPPED_MAX_BYTES, default_checkpoint_dir  # noqa: E402
 from models.bundle import load_bundle  # noqa: E402
 from models.conditions import CONDITIONS  # noqa: E402
-from cli.hospital import SHIPPED_MAX_BYTES, default_checkpoint_dir  # noqa: E402
 
 CKPT = default_checkpoint_dir()
 

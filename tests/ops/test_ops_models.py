@@ -48,9 +48,8 @@ def write_hospital_export(folder, n_patients: int = 24, per_patient: int = 3, se
 
 @pytest.fixture
 def shipped(tmp_path, monkeypatch, clean):
-    from models.bundle import save_bundle, untrained_bundle
-
     from cli import hospital
+    from models.bundle import save_bundle, untrained_bundle
     from service.settings import get_settings
 
     ckpt = tmp_path / "checkpoints" / "default"

@@ -75,7 +75,7 @@ def _generate(bundle, seed: int, indices, attempts, condition: str) -> np.ndarra
     """What the worker's DeviceStage makes for these images of one condition (same code path)."""
     from types import SimpleNamespace
 
-    from workers.shard import DeviceStage
+    from workers.device import DeviceStage
 
     stage = DeviceStage(SimpleNamespace(bundle=bundle, device="cpu"), seed, [(condition, 1 << 40)])
     _, pixels, _ = stage.generate(np.asarray(indices, np.int64), np.broadcast_to(np.asarray(attempts, np.int64),
@@ -98,7 +98,7 @@ def toy_model(tmp_path_factory) -> ToyModel:
     from models.trainset import TrainSet, fingerprint, write_trainset
 
     data = _toy_bundle_bytes()
-    from workers.shard import prepare_for_inference
+    from workers.device import prepare_for_inference
 
     bundle = prepare_for_inference(load_bundle(data))  # fp16 round trip: exactly what the worker loads
     rng = np.random.default_rng(0)
@@ -138,7 +138,7 @@ def model_version(clean, toy_model, monkeypatch):
     from service.audit.service import SYSTEM
     from service.db import session_scope
     from service.settings import get_settings
-    from workers.model_store import publish, register_model_version
+    from workers.registration import publish, register_model_version
 
     monkeypatch.setenv("XRAYSYNTH_MIN_TRAINING_PATIENTS", "1")
     get_settings.cache_clear()

@@ -21,19 +21,13 @@ from hypothesis import strategies as st
 from models.bundle import load_bundle
 from models.conditions import CONDITIONS
 from models.privacy import build_privacy_index, calibrate
+from service.layout import image_blocks, key_width
 from tests.workers.conftest import PLANT_SEED
-from workers.encode import key_width
-from workers.finalise import render_preview
+from workers.device import prepare_for_inference
 from workers.model_store import LoadedModel
 from workers.plan import shard_ranges
-from workers.shard import (
-    CLOSEST_K,
-    PREVIEW_PER_CONDITION,
-    ShardJob,
-    image_blocks,
-    prepare_for_inference,
-    produce_shard,
-)
+from workers.preview import render_preview
+from workers.produce import CLOSEST_K, PREVIEW_PER_CONDITION, ShardJob, produce_shard
 
 
 @pytest.fixture(scope="module")

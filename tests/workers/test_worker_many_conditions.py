@@ -14,7 +14,7 @@ from PIL import Image
 
 from models.conditions import CONDITIONS
 from tests.workers.conftest import approve, release_object, request_dataset, wait_status
-from workers.finalise import PREVIEW_COLUMNS, TILE
+from workers.preview import PREVIEW_COLUMNS, TILE
 
 COUNTS = (37, 66, 101)
 SPEC = {c: COUNTS[k % len(COUNTS)] for k, c in enumerate(CONDITIONS[:12])}

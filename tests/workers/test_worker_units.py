@@ -56,7 +56,8 @@ def test_tar_is_webdataset_ordered_with_fixed_headers():
 
 def test_image_order_follows_the_model_not_the_request():
     from service.layout import image_blocks
-    from workers.shard import block_of, preview_indices
+    from workers.device import block_of
+    from workers.produce import preview_indices
 
     model = ["No Finding", "Atelectasis", "Mass"]
     blocks = image_blocks({"Mass": 3, "No Finding": 2}, model)

@@ -1,0 +1,75 @@
+"""The dataset card: one shape for the provisional card (built from the database before release) and
+the final one (written by the worker's finalise step as dataset_card.json), served by
+GET /v1/datasets/{id}/card. Sections only the release can fill are absent from a provisional card.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class CardModelVersion(BaseModel):
+    """The generator version that made (or will make) the images, with its public card."""
+
+    id: str
+    name: str
+    version: str
+    architecture: str
+    image_size: int
+    training_fingerprint: str
+    published_at: str | None = None
+    card: dict
+    metrics: dict | None = None
+    privacy: dict | None = None
+    conditions: list[dict] | None = None
+
+
+class CardRequest(BaseModel):
+    conditions: dict[str, int]  # in image order
+    format: str
+    heatmaps: bool
+    seed: int
+    purpose: str
+    requested_at: str | None = None
+    requested_by: str | None = None
+    total_images: int | None = None
+    image_order: str | None = None
+
+
+class CardRelease(BaseModel):
+    id: str
+    status: str
+    released_at: str
+    total_images: int
+    synthetic: bool
+    licence: str | None = None
+
+
+class DatasetCard(BaseModel):
+    # A card written by an older worker keeps the fields this model does not name.
+    model_config = ConfigDict(extra="allow")
+
+    provisional: bool
+    note: str | None = None
+    card_version: int | None = None
+    dataset_id: str | None = None
+    status: str | None = None
+    dataset: CardRelease | None = None
+    request: CardRequest | None = None
+    model: CardModelVersion | None = None
+    # before release: the review so far, the filter figures and progress; after: who approved
+    review: dict | None = None
+    privacy_summary: dict | None = None
+    progress: dict | None = None
+    approvals: list[dict] | None = None
+    metrics: dict | None = None
+    privacy: dict | None = None
+    training_data: dict | None = None
+    obligations: list[str] | None = None
+    files: dict | None = None
+    reproduce: str | None = None
+    how_to_cite: dict | None = None
+
+    def to_json(self) -> dict:
+        """The card as served and stored: the fields its builder set, JSON-ready."""
+        return self.model_dump(mode="json", exclude_unset=True)
