@@ -11,7 +11,7 @@ import hashlib
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 from fastapi import Request
 from limits import parse
@@ -102,7 +102,8 @@ def current(session: Session, request: Request) -> ConsoleCaller:
     now = utcnow()
     key = session.get(ApiKey, row.key_id)
     account = session.get(Account, row.account_id)
-    idle = now - row.last_seen_at > timedelta(seconds=get_settings().console_idle_timeout_s)
+    seen = row.last_seen_at if row.last_seen_at.tzinfo else row.last_seen_at.replace(tzinfo=UTC)  # SQLite: naive UTC
+    idle = now - seen > timedelta(seconds=get_settings().console_idle_timeout_s)
     if idle or key is None or key.revoked_at is not None or account is None or account.disabled:
         session.delete(row)
         session.commit()  # the end of the session must stick although the request is refused
