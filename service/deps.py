@@ -28,6 +28,7 @@ from limits import parse
 from limits.aio.strategies import MovingWindowRateLimiter as AsyncMovingWindowRateLimiter
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
+from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.orm import Session
 
 from service.accounts import keycache
@@ -137,7 +138,7 @@ def _async_limiter() -> AsyncMovingWindowRateLimiter:
     limiter = _async_limiters.get(loop)
     if limiter is None:
         url = get_settings().rate_limit_storage_url
-        options = {"implementation": "redispy"} if url.startswith("redis") else {}
+        options = {"implementation": "redispy", "retry_on_error": [RedisConnectionError]} if url.startswith("redis") else {}
         limiter = AsyncMovingWindowRateLimiter(storage_from_string(f"async+{url}", **options))
         _async_limiters[loop] = limiter
     return limiter

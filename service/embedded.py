@@ -52,7 +52,10 @@ class ServerProcess:
         self.stop()
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        _wait_http(self.endpoint, self)
+        if self.endpoint.startswith("redis://"):
+            _wait_port(self)
+        else:
+            _wait_http(self.endpoint, self)
 
 
 def _which(binary: str) -> str:
@@ -127,12 +130,17 @@ def start_redis(data_dir: Path, port: int | None = None) -> ServerProcess:
     log = open(log_path, "ab")
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = ServerProcess("redis", proc, f"redis://127.0.0.1:{port}", log_path, args)
-    deadline = time.monotonic() + 10
-    while not port_open("127.0.0.1", port):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"redis-server did not start; see {log_path}")
-        time.sleep(0.05)
+    _wait_port(server)
     return server
+
+
+def _wait_port(server: ServerProcess, timeout: float = 10) -> None:
+    host, port = server.endpoint.split("://", 1)[1].rsplit(":", 1)
+    deadline = time.monotonic() + timeout
+    while not port_open(host, int(port)):
+        if server.proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{server.name} did not start; see {server.log_path}")
+        time.sleep(0.05)
 
 
 def environ_with(**overrides: str) -> dict[str, str]:

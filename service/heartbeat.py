@@ -36,7 +36,9 @@ def uses_redis(broker_url: str) -> bool:
 
 @lru_cache
 def _client(url: str, pid: int) -> redis.Redis:  # one client per process: sockets must not cross a fork
-    return redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+    # A connection the server closed (it restarted) is retried once on a fresh one, not reported as down.
+    return redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1,
+                                retry_on_error=[redis.ConnectionError])
 
 
 def client() -> redis.Redis:
