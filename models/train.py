@@ -276,6 +276,11 @@ def train_gan(cfg: GanConfig) -> dict:
             if step % cfg.ckpt_every == 0 or time.time() - last_save > cfg.ckpt_minutes * 60:
                 save()
                 last_save = time.time()
+    if val_feats is not None and (not run["history"] or run["history"][-1]["step"] != st.step):
+        # a wall-clock budget ended the loop between checks: score what will ship
+        run["history"].append({"step": st.step, "elapsed_s": run["elapsed_s"] + time.time() - t_start,
+                               "val_fd": _val_check(st, classifier, va, val_feats, calib_labels, cfg, device, run,
+                                                    out, console)})
     save()
     return _package(cfg, st, ts, classifier, calib_labels, run, engine, dp_info, time.time() - t_start, device, out,
                     console)

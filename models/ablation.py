@@ -1,0 +1,82 @@
+"""Recipe ablations at equal budget: ``python -m models.ablation --trainset runs/trainset``.
+
+Every arm starts from the same bundle's G and D (the shipped default unless ``--start``), runs the
+same number of steps with the same seed (so the same real batches and latents), and is scored on the
+val split in the bundle classifier's feature space: Fréchet distance and k-NN precision / recall /
+coverage (models/evaluate.py). Equal *steps* rather than equal wall time: the shared CPU box's load
+varies, and each arm's wall time is reported beside its figures. Writes ``OUT/ablation.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from .bundle import load_bundle
+from .evaluate import frechet_distance, precision_recall_coverage
+from .sampling import embed_images, generate_images
+from .train import GanConfig, train_gan
+from .trainset import load_trainset
+
+FULL = "translation,cutout,color"
+ARMS = {
+    "baseline": {"augment": "translation"},
+    "diffaug": {"augment": FULL},
+    "diffaug_lecam": {"augment": FULL, "lecam": 0.3},
+    "diffaug_r1": {"augment": FULL, "r1": 0.1},
+    "diffaug_lecam_r1": {"augment": FULL, "lecam": 0.3, "r1": 0.1},
+}
+SHIPPED = Path(__file__).resolve().parent / "checkpoints" / "default" / "bundle.pt"
+
+
+def score(bundle_path, trainset, seed: int = 777, device: str = "cpu") -> dict:
+    """Val FD and precision / recall / coverage of a bundle's generator (val label rows, one image each)."""
+    dev = torch.device(device)
+    b = load_bundle(bundle_path, device=dev)
+    va = load_trainset(trainset).split("val")
+    real = embed_images(b.classifier, va.images, dev)
+    fake = embed_images(b.classifier, generate_images(b.generator, va.labels.astype("float32"), seed, dev), dev)
+    return {"val_fd": frechet_distance(fake, real), **precision_recall_coverage(real, fake), "n_val": len(va)}
+
+
+def run(trainset: str, out: str, steps: int, start: str, arms: list[str], threads: int, seed: int,
+        score_start: bool = True) -> dict:
+    torch.set_num_threads(threads)
+    start_step = int((load_bundle(start).card.get("training") or {}).get("steps") or 0)
+    results = {"start": str(start), "start_step": start_step, "steps_per_arm": steps, "threads": threads,
+               "seed": seed, "batch_size": 64, "arms": {"start": score(start, trainset)} if score_start else {}}
+    for name in arms:
+        t0 = time.time()
+        folder = Path(out) / name
+        train_gan(GanConfig(trainset=trainset, out=str(folder), classifier=str(start), init_from=str(start),
+                            iters=start_step + steps, seed=seed, eval_every=10**9, ckpt_every=10**9, resume=False,
+                            threads=threads, device="cpu", progress=False, **ARMS[name]))
+        results["arms"][name] = {**score(folder / "bundle.pt", trainset), "train_wall_s": time.time() - t0,
+                                 "recipe": ARMS[name]}
+        Path(out, "ablation.json").write_text(json.dumps(results, indent=2))
+        print(json.dumps({name: results["arms"][name]}), flush=True)
+    return results
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--trainset", required=True)
+    p.add_argument("--out", default="runs/ablation")
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--start", default=str(SHIPPED))
+    p.add_argument("--arms", default=",".join(ARMS), help="comma-separated arm names")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-start", action="store_true", help="do not re-score the starting bundle")
+    a = p.parse_args(argv)
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    run(a.trainset, a.out, a.steps, a.start, [s for s in a.arms.split(",") if s], a.threads, a.seed,
+        not a.skip_start)
+
+
+if __name__ == "__main__":
+    main()
