@@ -82,6 +82,9 @@ def sign_in(session: Session, request: Request, *, plain_key: str) -> tuple[str,
     if account.disabled:
         failed_sign_in(session, request, reason="account disabled", account=account)
         return "This account is disabled."
+    # Sessions nobody came back to are removed here rather than by a scheduled job.
+    cutoff = utcnow() - timedelta(seconds=get_settings().console_idle_timeout_s)
+    session.execute(delete(ConsoleSession).where(ConsoleSession.last_seen_at < cutoff))
     token = secrets.token_urlsafe(32)
     session.add(ConsoleSession(token_hash=_digest(token), account_id=account.id, key_id=key.id,
                                csrf_token=secrets.token_urlsafe(32)))

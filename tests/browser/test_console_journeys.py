@@ -10,7 +10,7 @@ import httpx
 from playwright.sync_api import expect
 
 from tests.browser.conftest import shot, sign_in
-from tests.factories import make_model_version
+from tests.factories import make_dataset, make_model_version
 
 PURPOSE = "Pre-training a nodule detector before fine-tuning on our own labelled scans."
 
@@ -147,3 +147,20 @@ def test_an_admin_publishes_a_draft_model_and_retires_it(new_page, admin, clean,
     expect(page.locator(".flash")).to_have_text("The model version is retired.")
     page.goto("/ui/audit?action=model.")
     expect(page.locator("table.audit tbody tr")).to_have_count(2)
+
+
+def test_a_researcher_cancels_a_pending_request_from_its_page(new_page, researcher, clean, shots):
+    from service.db import session_scope
+
+    with session_scope() as s:
+        mv = make_model_version(s, conditions=("Mass",))
+        ds = make_dataset(s, account_id=researcher.id, model_version_id=mv.id).id
+    page = new_page()
+    sign_in(page, researcher.key)
+    page.goto(f"/ui/datasets/{ds}")
+    page.fill("form[action$='/cancel'] input[name=reason]", "asked for the wrong condition")
+    page.click("form[action$='/cancel'] button")
+    expect(page.locator(".flash")).to_have_text("The request was cancelled.")
+    expect(page.locator(f"[data-status='{ds}']")).to_have_text("cancelled")
+    assert page.locator("form[action$='/cancel']").count() == 0
+    shot(page, shots, "researcher-dataset-cancelled")

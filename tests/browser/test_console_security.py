@@ -130,7 +130,8 @@ def test_after_the_key_is_revoked_the_session_stops_working_on_the_next_request(
 
     page.goto("/ui/catalogue")
     assert re.search(r"/ui/login$", page.url)
-    assert page.request.get("/ui/api/datasets/00000000-0000-0000-0000-000000000000/progress").status == 401
+    r = page.request.get("/ui/api/datasets/00000000-0000-0000-0000-000000000000/progress")
+    assert r.status == 401 and r.json()["error"]["code"] == "sign_in_required"  # JSON keeps the one error shape
 
 
 def test_disabling_the_account_ends_its_session(new_page, researcher, admin):
