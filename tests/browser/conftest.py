@@ -71,8 +71,9 @@ def new_page(browser, live_url, shots, clean) -> Iterator[Callable]:
     """A fresh browser (own cookies) per call; every page records the console errors it hit."""
     contexts = []
 
-    def make():
-        ctx = browser.new_context(base_url=live_url, viewport={"width": 1200, "height": 900})
+    def make(javascript: bool = True):
+        ctx = browser.new_context(base_url=live_url, viewport={"width": 1200, "height": 900},
+                                  java_script_enabled=javascript)
         ctx.set_default_timeout(15_000)
         contexts.append(ctx)
         page = ctx.new_page()

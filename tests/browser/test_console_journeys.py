@@ -164,3 +164,23 @@ def test_a_researcher_cancels_a_pending_request_from_its_page(new_page, research
     expect(page.locator(f"[data-status='{ds}']")).to_have_text("cancelled")
     assert page.locator("form[action$='/cancel']").count() == 0
     shot(page, shots, "researcher-dataset-cancelled")
+
+
+def test_without_javascript_the_catalogue_says_why_a_condition_is_not_offered_and_the_form_still_works(
+        new_page, researcher, clean, shots):
+    from service.db import session_scope
+
+    with session_scope() as s:
+        make_model_version(s, conditions=("Mass", "Hernia"), patients_per_condition={"Mass": 60, "Hernia": 7})
+    page = new_page(javascript=False)
+    sign_in(page, researcher.key)
+    page.goto("/ui/catalogue")
+    expect(page.locator("table.catalogue")).to_contain_text("Hernia: trained on 7 patients; policy requires at least 20")
+    page.goto("/ui/requests/new")
+    assert page.locator("[name='count.Hernia']").count() == 0  # not offered: no field to fill
+    page.fill("[name='count.Mass']", "5")
+    page.fill("#purpose", PURPOSE)
+    page.click("form[action='/ui/requests'] button[type=submit]")
+    page.wait_for_url(re.compile(r"/ui/datasets/[0-9a-f-]{36}\?done=requested"))
+    expect(page.locator("dd").first).to_contain_text("pending_review")
+    shot(page, shots, "researcher-dataset-no-javascript")
