@@ -80,8 +80,6 @@ def _parse_request(form) -> tuple[dict, dict[str, str]]:
             body["seed"] = int(seed)
         except ValueError:
             errors["seed"] = "enter a whole number, or leave empty for a random seed"
-    if not counts and not any(k.startswith("count.") for k in errors):
-        errors["conditions"] = "ask for at least one image of one condition"
     return body, errors
 
 
@@ -93,6 +91,8 @@ def create_request(request: Request, session: SessionDep, caller: ResearcherPage
         data = DatasetCreate(**body)
     except ValidationError as exc:
         errors = {**field_errors(exc, {"conditions.": "count."}), **errors}
+        if "conditions" in errors and not body["conditions"]:  # the schema's rule, said for a form
+            errors["conditions"] = "ask for at least one image of one condition"
     if errors or data is None:
         return request_page(request, session, caller, errors=errors, form=dict(form), status_code=422)
     try:
