@@ -27,7 +27,8 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # API keys (xs_ + urlsafe base64) and bearer tokens, wherever they appear in a message.
 _SECRET_PATTERNS = (re.compile(r"xs_[A-Za-z0-9_-]{20,}"), re.compile(r"(?i)(bearer\s+)[^\s'\",]+"))
-_STANDARD_ATTRS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+# Record attributes that are not extra fields (uvicorn's color_message repeats the message with ANSI codes).
+_STANDARD_ATTRS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName", "color_message"}
 
 
 def request_id_from(header: str | None) -> str:

@@ -116,6 +116,12 @@ class ObservabilityMiddleware:
 class StateCollector(Collector):
     """Gauges read from PostgreSQL and Redis when scraped, so every API process reports the same truth."""
 
+    def describe(self) -> Iterator[Metric]:
+        # Registering asks for the names; without this it would run collect(), a query, at import time.
+        yield GaugeMetricFamily("xraysynth_datasets", "", labels=["status"])
+        yield GaugeMetricFamily("xraysynth_dataset_images", "", labels=["status", "kind"])
+        yield GaugeMetricFamily("xraysynth_queue_depth", "", labels=["queue"])
+
     def collect(self) -> Iterator[Metric]:
         yield from self._datasets()
         yield from self._queue()
