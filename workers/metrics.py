@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -28,6 +29,8 @@ if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 disable_created_metrics()
 
 STAGES = ("generate", "heatmaps", "filter", "encode", "upload", "record")
+# The memorisation filter's rejections count as "copy"; "reid" counts once the re-identification
+# check runs in the filter with its own verdicts.
 CHECKS = ("copy", "reid")
 STORES = ("s3", "db")
 RETRY_KINDS = ("storage", "task")
@@ -54,23 +57,53 @@ for _outcome in OUTCOMES:
     SHARDS.labels(_outcome)
 
 
+class _ShardClock:
+    """Seconds per stage over one shard. A stage timed inside another (generate inside the filter's
+    loop) counts for itself only: each stage's figure is its own time, and they add up to the shard's."""
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(STAGES, 0.0)
+        self.nested: list[float] = []
+
+
+_clock: ContextVar[_ShardClock | None] = ContextVar("xraysynth_shard_clock", default=None)
+
+
+@contextmanager
+def shard_clock() -> Iterator[_ShardClock]:
+    """Collect the stage times of one shard (observe them with ``observe_shard`` once it is recorded)."""
+    token = _clock.set(_ShardClock())
+    try:
+        yield _clock.get()
+    finally:
+        _clock.reset(token)
+
+
 @contextmanager
 def stage(name: str) -> Iterator[None]:
-    """Time one stage of a shard: ``with metrics.stage("encode"): ...``."""
+    """``with metrics.stage("encode"): ...`` inside a shard; outside one (benchmarks) it records nothing."""
     if name not in STAGES:
         raise ValueError(f"unknown stage {name!r}")
+    clock = _clock.get()
+    if clock is None:
+        yield
+        return
     started = time.perf_counter()
+    clock.nested.append(0.0)
     try:
         yield
     finally:
-        STAGE_SECONDS.labels(name).observe(time.perf_counter() - started)
+        took = time.perf_counter() - started
+        inner = clock.nested.pop()
+        clock.seconds[name] += took - inner
+        if clock.nested:
+            clock.nested[-1] += took
 
 
-def add_stage_time(name: str, seconds: float) -> None:
-    """Record time spent in a stage measured elsewhere (e.g. summed over a shard's batches)."""
-    if name not in STAGES:
-        raise ValueError(f"unknown stage {name!r}")
-    STAGE_SECONDS.labels(name).observe(seconds)
+def observe_shard(clock: _ShardClock) -> None:
+    """One observation per stage for a finished shard (a shard that failed half-way records none)."""
+    for name, seconds in clock.seconds.items():
+        STAGE_SECONDS.labels(name).observe(seconds)
 
 
 def images_generated(n: int) -> None:
