@@ -180,3 +180,19 @@ def test_metrics_are_not_public_outside_development(api, settings_env):
     assert api.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert api.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}).status_code == 200
     assert "/metrics" not in api.get("/openapi.json").json()["paths"]
+
+
+def test_a_key_or_secret_written_into_a_message_by_mistake_is_masked(infra):
+    from service.observability.logs import ConsoleFormatter, JsonFormatter, _Redactor, _secrets_of_settings
+
+    key = "xs_" + "A1b2C3d4" * 5
+    pepper, s3_secret = infra.env["XRAYSYNTH_API_KEY_PEPPER"], infra.env["XRAYSYNTH_S3_SECRET_ACCESS_KEY"]
+    redact = _Redactor(_secrets_of_settings())
+    record = logging.makeLogRecord({"name": "xraysynth.test", "levelname": "WARNING", "levelno": 30,
+                                    "msg": "got %s with Authorization: Bearer %s, pepper %s, secret %s",
+                                    "args": (key, "tok-123456789", pepper, s3_secret)})
+    for formatter in (JsonFormatter(redact), ConsoleFormatter(redact)):
+        line = formatter.format(record)
+        for secret in (key, "tok-123456789", pepper, s3_secret):
+            assert secret not in line
+        assert "[redacted]" in line
