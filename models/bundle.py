@@ -44,6 +44,7 @@ class Bundle:
     image_size: int
     config: dict = field(default_factory=dict)
     card: dict = field(default_factory=dict)
+    verifier: dict | None = None  # re-identification verifier (models.privacy.reid payload), hospital zone
 
     def condition_vectors(self, names: list[str] | np.ndarray) -> torch.Tensor:
         """Condition names (one per image) -> one-hot float [B, C] on the bundle's device."""
@@ -85,7 +86,7 @@ def _half_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def bundle_payload(*, generator, classifier, discriminator, conditions, config, card) -> dict:
+def bundle_payload(*, generator, classifier, discriminator, conditions, config, card, verifier=None) -> dict:
     cfg = {**DEFAULT_CONFIG, **(config or {})}
     if generator.n_classes != len(conditions):
         raise ValueError(f"generator has {generator.n_classes} classes, {len(conditions)} conditions given")
@@ -97,6 +98,7 @@ def bundle_payload(*, generator, classifier, discriminator, conditions, config, 
         "generator": _half_state(generator),
         "classifier": _half_state(classifier),
         "discriminator": _half_state(discriminator) if discriminator is not None else None,
+        **({"verifier": verifier} if verifier is not None else {}),
     }
 
 
@@ -117,10 +119,10 @@ def write_atomic(path, data: bytes) -> Path:
     return path
 
 
-def save_bundle(path, *, generator, classifier, discriminator, conditions, config, card) -> Path:
+def save_bundle(path, *, generator, classifier, discriminator, conditions, config, card, verifier=None) -> Path:
     return write_atomic(path, bundle_bytes(
         generator=generator, classifier=classifier, discriminator=discriminator,
-        conditions=conditions, config=config, card=card,
+        conditions=conditions, config=config, card=card, verifier=verifier,
     ))
 
 
@@ -148,7 +150,8 @@ def load_bundle(path_or_bytes, device="cpu") -> Bundle:
     for m in (g, c, d):
         if m is not None:
             m.eval().requires_grad_(False)
-    b = Bundle(g, c, d, conditions, int(cfg["nz"]), int(cfg["image_size"]), cfg, payload.get("card") or {})
+    b = Bundle(g, c, d, conditions, int(cfg["nz"]), int(cfg["image_size"]), cfg, payload.get("card") or {},
+               payload.get("verifier"))
     return b.to(device)
 
 

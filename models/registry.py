@@ -91,7 +91,7 @@ def bundle_checkpoint(bundle) -> tuple[bytes, str]:
     """A loaded Bundle -> (checkpoint bytes as save_bundle writes them, sha256 hex)."""
     data = bundle_bytes(generator=bundle.generator, classifier=bundle.classifier,
                         discriminator=bundle.discriminator, conditions=bundle.conditions,
-                        config=bundle.config, card=bundle.card)
+                        config=bundle.config, card=bundle.card, verifier=getattr(bundle, "verifier", None))
     return data, sha256_bytes(data)
 
 

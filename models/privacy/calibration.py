@@ -67,6 +67,17 @@ class Calibration:
     per_source: dict = field(default_factory=dict)
     copy_check: dict = field(default_factory=dict)
     index_meta: dict = field(default_factory=dict)
+    reidentification: dict = field(default_factory=dict)  # its own threshold; {} = check not available
+
+    @property
+    def reid_threshold(self) -> float | None:
+        t = (self.reidentification or {}).get("threshold")
+        return None if t is None else float(t)
+
+    def reid_flagged(self, distances) -> np.ndarray:
+        """True where a verifier distance is under the re-identification threshold."""
+        t = self.reid_threshold
+        return np.zeros(np.shape(distances), bool) if t is None else np.asarray(distances) < t
 
     def flagged(self, scores) -> np.ndarray:
         """True where a score is under the threshold (a memorised image)."""
@@ -76,7 +87,7 @@ class Calibration:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Calibration":
+    def from_dict(cls, d: dict) -> Calibration:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -141,7 +152,7 @@ def calibrate(
     target_catch_rate: float = 0.95,
     target_flag_rate: float = 0.01,
     n_random_pairs: int = N_RANDOM_PAIRS,
-) -> "Calibration":
+) -> Calibration:
     """Threshold + evidence from the index's own images (see module doc). ``trainset`` is the one the
     index was built from: its images give the shifted pixel queries and the perturbed-copy check."""
     images = _index_images(index, trainset)
@@ -217,7 +228,50 @@ def calibrate(
         per_source=per_source,
         copy_check=_copy_check(index, images, threshold) if images is not None else {},
         index_meta=dict(index.meta),
+        reidentification=calibrate_reid(index, trainset, images, target_flag_rate),
     )
+
+
+REID_EDGES = np.round(np.linspace(0.0, 2.0, 41), 4)
+
+
+def calibrate_reid(index, trainset, images, target_flag_rate: float = 0.01) -> dict:
+    """Re-identification threshold: the largest verifier distance that flags at most
+    ``target_flag_rate`` of *new patients'* images (val + test of the training set, patients the
+    generator never saw) by their nearest training image. Without held-out images it falls back to
+    training images against other training patients, and says so."""
+    from models.privacy.reid_eval import nearest, threshold_for_flag_rate
+
+    if not index.has_reid or images is None:
+        return {}
+    space, codes, ids = index.reid_space, index.patient_codes, np.arange(len(index))
+    q = np.concatenate([space.query(images[s : s + 512]) for s in range(0, len(images), 512)], axis=1)
+    d_same, _ = nearest(q, index.reid, q_codes=codes, x_codes=codes, q_ids=ids, x_ids=ids, mode="same")
+    d_diff, _ = nearest(q, index.reid, q_codes=codes, x_codes=codes, mode="different")
+    splits = np.asarray(trainset.splits).astype(str)
+    held = np.flatnonzero(np.isin(splits, ["val", "test"])) if index.meta.get("split") == "train" else np.zeros(0, int)
+    held = held[~np.isin(np.asarray(trainset.patient_ids).astype(str)[held], index.patient_ids)]
+    if len(held):
+        hq = np.asarray(trainset.images)[held]
+        d_new = np.concatenate([nearest(space.query(hq[s : s + 512]), index.reid)[0] for s in range(0, len(hq), 512)])
+        basis = "held-out images (val + test patients) against the training index"
+    else:
+        d_new, basis = d_diff, "training images against other training patients (no held-out images available)"
+    thr = threshold_for_flag_rate(d_new, target_flag_rate)
+    same = d_same[np.isfinite(d_same)]
+    hist = lambda d: np.histogram(np.clip(d[np.isfinite(d)], 0, 2), bins=REID_EDGES)[0].astype(int).tolist()  # noqa: E731
+    return {
+        "kind": space.kind, "name": space.name, "threshold": float(thr), "basis": basis,
+        "rule": f"largest verifier distance flagging <= {target_flag_rate:.0%} of {basis}; flagged = distance below it",
+        "new_patient_flag_rate": float(np.mean(d_new < thr)), "n_new_patient_images": int(len(d_new)),
+        "training_same_patient_catch_rate": float(np.mean(same < thr)) if len(same) else None,
+        "training_different_patient_flag_rate": float(np.mean(d_diff < thr)),
+        "n_training_same_patient_images": int(len(same)),
+        "note": "the training same-patient rate is in-sample (the verifier was fitted on these patients); "
+                "the held-out leave-one-out catch rate in the model card is the honest figure",
+        "bin_edges": [float(e) for e in REID_EDGES], "new_patient_counts": hist(d_new),
+        "same_patient_counts": hist(d_same), "different_patient_counts": hist(d_diff),
+    }
 
 
 def _same_patient_pairs(codes: np.ndarray, order: np.ndarray, sizes: np.ndarray):

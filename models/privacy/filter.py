@@ -1,7 +1,9 @@
-"""The memorisation filter the worker runs on every generated batch, and the regenerate loop.
+"""The privacy filter the worker runs on every generated batch, and the regenerate loop.
 
-An image whose score against the training index is under the calibrated threshold is dropped and
-regenerated with the next attempt number (same image index, so the latent is
+Two checks, each with its own calibrated threshold: the **copy** check (score against the training
+index under ``calibration.threshold``) and, where the index carries a verifier, the
+**re-identification** check (verifier distance to the nearest training image under
+``calibration.reid_threshold``). An image flagged by either is dropped and regenerated with the next attempt number (same image index, so the latent is
 ``latent_batch(seed, i, attempt)``): the output stays a pure function of (model, seed, index).
 """
 
@@ -34,16 +36,31 @@ class FilterResult:
     score: np.ndarray  # float32 [B]
     nearest_index: np.ndarray  # int64 [B], row of the PrivacyIndex
     nearest_patient: np.ndarray  # str [B], patient id of that row (hospital zone only)
+    check: np.ndarray = None  # str [B]: "copy" | "reidentification" | "" (not flagged)
+    reid_distance: np.ndarray = None  # float32 [B], inf when the index has no verifier
+    reid_index: np.ndarray = None  # int64 [B], nearest row in the verifier's space (-1 if none)
+
+
+COPY, REID = "copy", "reidentification"
 
 
 def memorisation_filter(index, calibration, pixels_uint8, embeddings) -> FilterResult:
     nn = index.nearest(pixels_uint8, embeddings)
-    keep = ~calibration.flagged(nn.score)
+    copy = calibration.flagged(nn.score)
+    n = len(nn.score)
+    if getattr(index, "has_reid", False) and calibration.reid_threshold is not None:
+        rd, ri = index.nearest_reid(pixels_uint8)
+    else:
+        rd, ri = np.full(n, np.inf, np.float32), np.full(n, -1, np.int64)
+    reid = calibration.reid_flagged(rd)
     return FilterResult(
-        keep=keep,
+        keep=~copy & ~reid,
         score=nn.score,
         nearest_index=nn.index,
         nearest_patient=index.patient_ids[nn.index.clip(min=0)],
+        check=np.where(copy, COPY, np.where(reid, REID, "")),
+        reid_distance=rd.astype(np.float32),
+        reid_index=ri.astype(np.int64),
     )
 
 
@@ -61,6 +78,11 @@ class Replaced:
     n_rejected: int  # generated images dropped in total
     n_generated: int  # generated images in total (= B + n_rejected)
     rejected_scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    reid_distance: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # [B], released images
+    reid_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [B]
+    n_rejected_copy: int = 0  # rejections by the copy check (a copy flagged by both counts here)
+    n_rejected_reid: int = 0  # rejections by the re-identification check alone
+    rejected_reid_distances: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
 
 def _take(x, sel):
@@ -123,8 +145,11 @@ def filter_and_replace(generate_fn, index, calibration, image_indices, max_attem
     score = np.zeros(n, dtype=np.float32)
     nearest = np.zeros(n, dtype=np.int64)
     pixels = embeddings = extra = None
+    reid_d = np.full(n, np.inf, dtype=np.float32)
+    reid_i = np.full(n, -1, dtype=np.int64)
     pending = np.arange(n)
-    rejected_scores = []
+    rejected_scores, rejected_reid = [], []
+    n_copy = n_reid = 0
     n_generated = 0
     while len(pending):
         px, emb, ex = generate_fn(idx[pending], attempts[pending].copy())
@@ -141,8 +166,12 @@ def filter_and_replace(generate_fn, index, calibration, image_indices, max_attem
         pixels[done], embeddings[done] = px[ok], emb_np[ok]
         _put(extra, done, _take(ex, ok))
         score[done], nearest[done] = res.score[ok], res.nearest_index[ok]
+        reid_d[done], reid_i[done] = res.reid_distance[ok], res.reid_index[ok]
         bad = np.flatnonzero(~res.keep)
         rejected_scores.append(res.score[bad])
+        rejected_reid.append(res.reid_distance[bad])
+        n_copy += int((res.check[bad] == COPY).sum())
+        n_reid += int((res.check[bad] == REID).sum())
         if len(bad) and attempts[pending[bad]].max() + 1 >= max_attempts:
             # Any rejected image at its last attempt fails the batch: nothing half-filtered is released.
             last = bad[attempts[pending[bad]] + 1 >= max_attempts]
@@ -165,4 +194,9 @@ def filter_and_replace(generate_fn, index, calibration, image_indices, max_attem
         n_rejected=int(len(rej)),
         n_generated=int(n_generated),
         rejected_scores=rej.astype(np.float32),
+        reid_distance=reid_d,
+        reid_index=reid_i,
+        n_rejected_copy=n_copy,
+        n_rejected_reid=n_reid,
+        rejected_reid_distances=np.concatenate(rejected_reid).astype(np.float32) if rejected_reid else np.zeros(0, np.float32),
     )

@@ -40,7 +40,8 @@ from models.privacy.features import (
     shift_images,
 )
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 adds the re-identification verifier and its vectors; 1 still loads
+READABLE_VERSIONS = (1, 2)
 QUERY_CHUNK = 1024
 INDEX_CHUNK = 4096
 
@@ -72,7 +73,7 @@ class Nearest:
     score: np.ndarray  # float32, min(pixel_dist / pixel_scale, embed_dist / embed_scale)
 
     @classmethod
-    def concat(cls, parts: list["Nearest"]) -> "Nearest":
+    def concat(cls, parts: list[Nearest]) -> Nearest:
         if not parts:
             z = np.zeros(0, np.float32)
             return cls(np.zeros(0, np.int64), z, z, z)
@@ -112,6 +113,10 @@ class PrivacyIndex:
         shifts=SHIFTS,
         meta: dict | None = None,
         source_images: np.ndarray | None = None,
+        reid: np.ndarray | None = None,
+        reid_payload: dict | None = None,
+        holdout_reid: np.ndarray | None = None,
+        dcr_rows: np.ndarray | None = None,
     ):
         self.pixels = np.ascontiguousarray(pixels, dtype=np.float32)
         self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
@@ -137,6 +142,15 @@ class PrivacyIndex:
             pixel_scale, embed_scale = self._stranger_scales(source_images)
         self.pixel_scale = float(pixel_scale)
         self.embed_scale = float(embed_scale)
+        # Re-identification space (optional): verifier vectors of the rows, of held-out (val+test)
+        # images for the DCR share, and a size-matched random subset of rows to compare them with.
+        self.reid = None if reid is None else np.ascontiguousarray(reid, dtype=np.float32)
+        self.reid_payload = reid_payload
+        self.holdout_reid = None if holdout_reid is None else np.ascontiguousarray(holdout_reid, dtype=np.float32)
+        self.dcr_rows = None if dcr_rows is None else np.asarray(dcr_rows, dtype=np.int64)
+        if self.reid is not None and len(self.reid) != n:
+            raise ValueError(f"{len(self.reid)} re-identification rows for {n} images")
+        self._reid_space = None
 
     def __len__(self) -> int:
         return len(self.pixels)
@@ -147,7 +161,7 @@ class PrivacyIndex:
 
     # -- torch side ---------------------------------------------------------------------------
 
-    def to(self, device) -> "PrivacyIndex":
+    def to(self, device) -> PrivacyIndex:
         """Run searches on ``device`` (e.g. "cuda"); the tensors move on the next search."""
         self.device = str(device)
         self._tensors = None
@@ -283,7 +297,6 @@ class PrivacyIndex:
         return np.concatenate(dps) if dps else np.zeros(0), np.concatenate(des) if des else np.zeros(0)
 
     def _self_pixel_queries(self, source_images, s: int, e: int) -> list:
-        import torch
 
         if source_images is not None:
             return self._shifted(np.asarray(source_images)[s:e])
@@ -353,6 +366,42 @@ class PrivacyIndex:
         # A floor keeps a degenerate set (all images equal) from dividing by zero.
         return max(float(torch.cat(dps).median()), 1e-3), max(float(torch.cat(des).median()), 1e-3)
 
+    # -- re-identification space --------------------------------------------------------------
+
+    @property
+    def has_reid(self) -> bool:
+        return self.reid is not None and self.reid_payload is not None
+
+    @property
+    def reid_space(self):
+        from models.privacy.reid import space_from_payload
+
+        if self._reid_space is None and self.reid_payload is not None:
+            self._reid_space = space_from_payload(self.reid_payload)
+        return self._reid_space
+
+    def nearest_reid(self, pixels_uint8, *, rows=None, against=None) -> tuple[np.ndarray, np.ndarray]:
+        """Verifier distance of each query to its nearest row (or to ``against`` vectors) ->
+        (distance [B], row [B]; the row indexes ``rows`` when given)."""
+        from models.privacy.reid_eval import nearest
+
+        if not self.has_reid:
+            raise ValueError("this privacy index has no re-identification verifier")
+        q = self.reid_space.query(as_uint8_images(pixels_uint8))
+        x = against if against is not None else (self.reid if rows is None else self.reid[rows])
+        return nearest(q, x)
+
+    def dcr_share(self, pixels_uint8) -> dict | None:
+        """Share of images closer (verifier distance) to a training image than to a held-out one,
+        with the training side a random subset as large as the held-out set: ~50 % is what a
+        generator that memorised nobody gives."""
+        if not self.has_reid or self.holdout_reid is None or self.dcr_rows is None or len(pixels_uint8) == 0:
+            return None
+        d_train, _ = self.nearest_reid(pixels_uint8, rows=self.dcr_rows)
+        d_hold, _ = self.nearest_reid(pixels_uint8, against=self.holdout_reid)
+        return {"share_closer_to_training": float(np.mean(d_train < d_hold)), "n_images": int(len(d_train)),
+                "n_training_images": int(len(self.dcr_rows)), "n_heldout_images": int(len(self.holdout_reid))}
+
     # -- persistence --------------------------------------------------------------------------
 
     def save(self, path) -> None:
@@ -371,6 +420,7 @@ class PrivacyIndex:
             pixel_scale=np.float64(self.pixel_scale),
             embed_scale=np.float64(self.embed_scale),
             meta_json=np.str_(json.dumps(self.meta, sort_keys=True)),
+            **self._reid_arrays(),
         )
         data = buf.getvalue()
         if hasattr(path, "write"):
@@ -378,20 +428,50 @@ class PrivacyIndex:
         else:
             Path(path).write_bytes(data)
 
+    def _reid_arrays(self) -> dict:
+        if not self.has_reid:
+            return {}
+        p = self.reid_payload
+        out = {"reid": self.reid, "reid_kind": np.str_(p["kind"]), "reid_size": np.int64(p.get("size", 32))}
+        for k in ("projection", "offset", "shifts", "angles"):
+            if k in p:
+                v = p[k]
+                out["reid_" + k] = v.float().numpy() if hasattr(v, "float") and hasattr(v, "numpy") else np.asarray(v, dtype=np.float32)
+        out["reid_info_json"] = np.str_(json.dumps(p.get("info") or {}, sort_keys=True))
+        if self.holdout_reid is not None:
+            out["holdout_reid"] = self.holdout_reid
+        if self.dcr_rows is not None:
+            out["dcr_rows"] = self.dcr_rows
+        return out
+
+    @staticmethod
+    def _reid_from(z) -> dict:
+        if "reid" not in z.files:
+            return {}
+        p = {"kind": str(z["reid_kind"]), "size": int(z["reid_size"]), "info": json.loads(str(z["reid_info_json"]))}
+        for k in ("projection", "offset", "angles"):
+            if "reid_" + k in z.files:
+                p[k] = z["reid_" + k]
+        if "reid_shifts" in z.files:
+            p["shifts"] = [tuple(int(v) for v in s) for s in z["reid_shifts"].tolist()]
+        return {"reid": z["reid"], "reid_payload": p,
+                "holdout_reid": z["holdout_reid"] if "holdout_reid" in z.files else None,
+                "dcr_rows": z["dcr_rows"] if "dcr_rows" in z.files else None}
+
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
         self.save(buf)
         return buf.getvalue()
 
     @classmethod
-    def load(cls, path_or_bytes) -> "PrivacyIndex":
+    def load(cls, path_or_bytes) -> PrivacyIndex:
         src = path_or_bytes
         if isinstance(src, (bytes, bytearray, memoryview)):
             src = io.BytesIO(bytes(src))
         with np.load(src, allow_pickle=False) as z:
             version = int(z["format_version"])
-            if version != FORMAT_VERSION:
-                raise ValueError(f"privacy index format {version}, this code reads {FORMAT_VERSION}")
+            if version not in READABLE_VERSIONS:
+                raise ValueError(f"privacy index format {version}, this code reads {READABLE_VERSIONS}")
             return cls(
                 pixels=z["pixels"],
                 embeddings=z["embeddings"],
@@ -403,6 +483,7 @@ class PrivacyIndex:
                 pixel_scale=float(z["pixel_scale"]),
                 embed_scale=float(z["embed_scale"]),
                 meta=json.loads(str(z["meta_json"])),
+                **cls._reid_from(z),
             )
 
 
@@ -420,6 +501,7 @@ def build_privacy_index(bundle, trainset, split: str | None = "train", *, batch_
     sources = np.asarray(srcs).astype(str)[rows] if srcs is not None else np.full(len(rows), "")
     patient_ids = np.asarray(trainset.patient_ids).astype(str)[rows]
     emb = classifier_embeddings(bundle.classifier, images, batch_size=batch_size)
+    reid_kw = _reid_vectors(getattr(bundle, "verifier", None), trainset, images, split, len(rows))
     meta = {
         "split": split,
         "n_images": int(len(rows)),
@@ -436,6 +518,22 @@ def build_privacy_index(bundle, trainset, split: str | None = "train", *, batch_
         image_ids=image_ids,
         rows=rows,
         sources=sources,
-        meta=meta,
+        meta={**meta, **({"reid_kind": reid_kw["reid_payload"]["kind"]} if reid_kw else {})},
         source_images=images,
+        **reid_kw,
     )
+
+
+def _reid_vectors(payload, trainset, images, split, n_rows: int) -> dict:
+    """The verifier's vectors of the indexed images and of the held-out (val+test) images."""
+    from models.privacy.reid import space_from_payload
+
+    space = space_from_payload(payload)
+    if space is None:
+        return {}
+    splits = np.asarray(trainset.splits).astype(str)
+    held = np.flatnonzero(np.isin(splits, ["val", "test"])) if split == "train" else np.zeros(0, np.int64)
+    hold = space.index(np.asarray(trainset.images)[held]) if len(held) else None
+    rng = np.random.default_rng(0)
+    dcr = np.sort(rng.choice(n_rows, size=min(len(held), n_rows), replace=False)) if len(held) else None
+    return {"reid": space.index(images), "reid_payload": payload, "holdout_reid": hold, "dcr_rows": dcr}
