@@ -13,6 +13,7 @@ from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader
 from markupsafe import Markup, escape
 
+from service.console import figures
 from service.console.sessions import SignInRequired
 from service.datasets.models import DatasetStatus
 from service.datasets.transitions import TRANSITIONS
@@ -53,6 +54,7 @@ def _pct(x: float | None) -> str:
 
 ENV.filters["filesize"] = _filesize
 ENV.filters["pct"] = _pct
+ENV.globals["quality"] = figures.quality
 
 
 def render(request: Request, template: str, status_code: int = 200, headers: dict | None = None, **context) -> HTMLResponse:
