@@ -14,6 +14,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .bundle import load_bundle
@@ -33,29 +34,32 @@ ARMS = {
 SHIPPED = Path(__file__).resolve().parent / "checkpoints" / "default" / "bundle.pt"
 
 
-def score(bundle_path, trainset, seed: int = 777, device: str = "cpu") -> dict:
+def score(bundle_path, trainset, seed: int = 777, device: str = "cpu", max_n: int | None = None) -> dict:
     """Val FD and precision / recall / coverage of a bundle's generator (val label rows, one image each)."""
     dev = torch.device(device)
     b = load_bundle(bundle_path, device=dev)
     va = load_trainset(trainset).split("val")
+    if max_n is not None and max_n < len(va):
+        va = va.subset(np.linspace(0, len(va) - 1, max_n).astype(int))
     real = embed_images(b.classifier, va.images, dev)
     fake = embed_images(b.classifier, generate_images(b.generator, va.labels.astype("float32"), seed, dev), dev)
     return {"val_fd": frechet_distance(fake, real), **precision_recall_coverage(real, fake), "n_val": len(va)}
 
 
 def run(trainset: str, out: str, steps: int, start: str, arms: list[str], threads: int, seed: int,
-        score_start: bool = True) -> dict:
+        score_start: bool = True, device: str = "cpu", batch: int = 64) -> dict:
     torch.set_num_threads(threads)
     start_step = int((load_bundle(start).card.get("training") or {}).get("steps") or 0)
     results = {"start": str(start), "start_step": start_step, "steps_per_arm": steps, "threads": threads,
-               "seed": seed, "batch_size": 64, "arms": {"start": score(start, trainset)} if score_start else {}}
+               "seed": seed, "batch_size": batch, "device": device, "arms": {"start": score(start, trainset, device=device)} if score_start else {}}
     for name in arms:
         t0 = time.time()
         folder = Path(out) / name
         train_gan(GanConfig(trainset=trainset, out=str(folder), classifier=str(start), init_from=str(start),
                             iters=start_step + steps, seed=seed, eval_every=10**9, ckpt_every=10**9, resume=False,
-                            threads=threads, device="cpu", progress=False, **ARMS[name]))
-        results["arms"][name] = {**score(folder / "bundle.pt", trainset), "train_wall_s": time.time() - t0,
+                            threads=threads, device=device, batch_size=batch, progress=False, **ARMS[name]))
+        results["arms"][name] = {**score(folder / "bundle.pt", trainset, device=device),
+                                 "train_wall_s": time.time() - t0,
                                  "recipe": ARMS[name]}
         Path(out, "ablation.json").write_text(json.dumps(results, indent=2))
         print(json.dumps({name: results["arms"][name]}), flush=True)
@@ -72,10 +76,12 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-start", action="store_true", help="do not re-score the starting bundle")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch", type=int, default=64)
     a = p.parse_args(argv)
     Path(a.out).mkdir(parents=True, exist_ok=True)
     run(a.trainset, a.out, a.steps, a.start, [s for s in a.arms.split(",") if s], a.threads, a.seed,
-        not a.skip_start)
+        not a.skip_start, a.device, a.batch)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,10 @@ mean(p_after_random - p_after_hot): positive when the map's region matters more 
 An *empty* heatmap is one with no positive evidence anywhere (ReLU of the weighted activations is
 zero everywhere); those images carry no region and are left out of the deletion test.
 
-``card_section(result)`` gives the model card's entry; a condition is ``informative`` when at most
-5 % of its synthetic heatmaps are empty and its synthetic margin is positive, otherwise the card
+``card_section(result)`` gives the model card's entry (``with_heatmap_faithfulness(card, entry)`` puts it
+under ``card["heatmaps"]``); a condition is ``informative`` when at most
+5 % of its synthetic heatmaps are empty and its synthetic margin is more than two standard errors
+above zero, otherwise the card
 and the preview should say its heatmaps are not evidence.
 
     python -m models.faithfulness --bundle models/checkpoints/default/bundle.pt --trainset runs/trainset
@@ -110,13 +112,24 @@ def card_section(result: dict) -> dict:
     per = {}
     for c, r in result["conditions"].items():
         syn = r["synthetic"]
-        informative = syn["empty_share"] <= MAX_EMPTY_SHARE and (syn.get("margin") or 0) > 0
+        margin, se = syn.get("margin"), syn.get("margin_se") or 0.0
+        informative = syn["empty_share"] <= MAX_EMPTY_SHARE and margin is not None and margin - 2 * se > 0
         per[c] = {"informative": informative, "synthetic": syn, "real": r["real"]}
     return {"method": ("Grad-CAM of the requested condition; deleting its hottest 10 % of pixels vs a same-shaped "
                        "region at a random place (mean-grey fill); margin = mean(p after random - p after hot)"),
             "heatmap_resolution": result["heatmap_resolution"], "split": result["split"],
-            "rule": f"informative: <= {MAX_EMPTY_SHARE:.0%} empty synthetic heatmaps and a positive synthetic margin",
+            "rule": (f"informative: <= {MAX_EMPTY_SHARE:.0%} empty synthetic heatmaps and a synthetic margin more "
+                     "than two standard errors above 0"),
             "uninformative_conditions": [c for c, v in per.items() if not v["informative"]], "conditions": per}
+
+
+def with_heatmap_faithfulness(card: dict, section: dict) -> dict:
+    """A copy of a model card with the heatmap entry set (for the packager or the privacy report)."""
+    return {**card, "heatmaps": section}
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:+.3f}"
 
 
 def main(argv=None) -> None:
@@ -134,9 +147,8 @@ def main(argv=None) -> None:
     print(f"{'condition':20s} {'empty syn':>9s} {'empty real':>10s} {'margin syn':>10s} {'margin real':>11s}  informative")
     for c, v in res["conditions"].items():
         r, s = v["real"] or {}, v["synthetic"]
-        f = lambda x: "-" if x is None else f"{x:+.3f}"
-        print(f"{c:20s} {s['empty_share']:9.0%} {r.get('empty_share', float('nan')):10.0%} {f(s.get('margin')):>10s} "
-              f"{f(r.get('margin')):>11s}  {v['informative']}")
+        print(f"{c:20s} {s['empty_share']:9.0%} {r.get('empty_share', float('nan')):10.0%} {_fmt(s.get('margin')):>10s} "
+              f"{_fmt(r.get('margin')):>11s}  {v['informative']}")
 
 
 if __name__ == "__main__":

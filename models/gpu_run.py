@@ -53,7 +53,7 @@ def join(parts_dir: str, out: str) -> Path:
 
 
 def train(pack: str, out: str, minutes: float, batch: int, device: str, scratch: bool, eval_every: int,
-          iters: int, n_eval: int = 730, bn_calib: int = 2048) -> dict:
+          iters: int, n_eval: int = 730, bn_calib: int = 2048, score_n: int | None = None) -> dict:
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="xraysynth-gpu-"))
@@ -67,7 +67,7 @@ def train(pack: str, out: str, minutes: float, batch: int, device: str, scratch:
                     n_eval=n_eval, bn_calib=bn_calib,
                     threads=max(1, (os.cpu_count() or 2) - 1), progress=False, log_every=eval_every)
     summary = train_gan(cfg)
-    val = score(work / "run" / "bundle.pt", str(work / "trainset"), device=device)
+    val = score(work / "run" / "bundle.pt", str(work / "trainset"), device=device, max_n=score_n)
     results = {"device": dev_name, "torch": torch.__version__, "minutes_budget": minutes, "batch_size": batch,
                "from": "scratch" if scratch else f"shipped default ({SHIPPED.name})", "transport": transport,
                "unpack_s": t_unpack, "train": {k: v for k, v in summary.items() if k != "history"}, "val": val,
@@ -92,12 +92,16 @@ def main(argv=None) -> None:
     t.add_argument("--scratch", action="store_true", help="start from random weights, not the shipped default")
     t.add_argument("--eval-every", type=int, default=2000)
     t.add_argument("--iters", type=int, default=10**7, help="step cap (the --minutes budget usually ends first)")
+    t.add_argument("--n-eval", type=int, default=730, help="generated images per val check")
+    t.add_argument("--bn-calib", type=int, default=2048, help="images to re-estimate the EMA generator's BatchNorm")
+    t.add_argument("--score-n", type=int, default=None, help="val images in the final score (default: all)")
     j = sub.add_parser("join")
     j.add_argument("--parts", required=True)
     j.add_argument("--out", required=True)
     a = p.parse_args(argv)
     if a.cmd == "train":
-        train(a.pack, a.out, a.minutes, a.batch, a.device, a.scratch, a.eval_every, a.iters)
+        train(a.pack, a.out, a.minutes, a.batch, a.device, a.scratch, a.eval_every, a.iters, a.n_eval, a.bn_calib,
+              a.score_n)
     else:
         print(join(a.parts, a.out))
 

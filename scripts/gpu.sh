@@ -9,7 +9,9 @@
 # Back here:
 #   scripts/gpu.sh fetch DIR                 rejoin DIR's bundle parts (sha256 checked) -> runs/gpu/bundle.pt,
 #                                            then score it on the test split with `xraysynth evaluate`
-# DEVICE=cpu PYTHON=.venv/bin/python scripts/gpu.sh train 0.2 8 runs the same path on a CPU (the test).
+# The same path on a CPU at tiny size (the end-to-end check):
+#   DEVICE=cpu PYTHON=.venv/bin/python OUT=runs/gpu/cpu_test N_EVAL=32 BN_CALIB=128 SCORE_N=64 \
+#     BENCH_IMAGES=64 BENCH_BATCH=64 scripts/gpu.sh train 0.2 8
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -52,7 +54,8 @@ case "${1:-}" in
     [ -f runs/gpu/pack.npz ] || { echo "runs/gpu/pack.npz missing: run 'scripts/gpu.sh prepare' and carry runs/gpu"; exit 2; }
     if [ "$DEVICE" = cuda ]; then nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true; fi
     "$PY" -m models.gpu_run train --pack runs/gpu/pack.npz --out "$OUT" --minutes "$minutes" --batch "$batch" \
-      --device "$DEVICE" --eval-every "${EVAL_EVERY:-2000}"
+      --device "$DEVICE" --eval-every "${EVAL_EVERY:-2000}" --n-eval "${N_EVAL:-730}" --bn-calib "${BN_CALIB:-2048}" \
+      ${SCORE_N:+--score-n "$SCORE_N"}
     if [ "$DEVICE" = cuda ]; then bench 1024; else bench "${BENCH_BATCH:-64}"; fi ;;
   bench)
     bench "${2:-1024}" ;;
@@ -61,5 +64,5 @@ case "${1:-}" in
     xraysynth evaluate runs/gpu/bundle.pt --trainset "${TRAINSET:-runs/trainset}" --out runs/gpu/bundle.pt \
       --card-json runs/gpu/card.json --quick --no-membership ;;
   *)
-    sed -n '2,14p' "$0"; exit 2 ;;
+    sed -n '2,16p' "$0"; exit 2 ;;
 esac
