@@ -1,0 +1,64 @@
+"""`privacy check` on a folder: a planted copy and a training patient's other image are both reported,
+each by its own check, with the training image and patient they point at; a stranger is not."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner
+
+from models.bundle import bundle_bytes, untrained_bundle
+from models.privacy.check import privacy_app
+from models.privacy.reid import bundle_verifier, fit_linear
+from models.trainset import write_trainset
+from tests.privacy.conftest import smooth_base
+from tests.privacy.test_reid import known_patients, patient_image
+
+
+def test_privacy_check_reports_a_planted_copy_and_a_same_patient_image(tmp_path):
+    ts, bases, nuisance = known_patients()
+    meta = [{"image_id": i, "patient_id": p, "split": s, "source": "srcA", "license": "CC BY 4.0", "view": "PA"}
+            for i, p, s in zip(ts.image_ids, ts.patient_ids, ts.splits)]
+    write_trainset(tmp_path / "trainset", ts.images, ts.labels, meta, ts.conditions)
+    tr = ts.splits == "train"
+    b = untrained_bundle(seed=0)
+    (tmp_path / "bundle.pt").write_bytes(bundle_bytes(
+        generator=b.generator, classifier=b.classifier, discriminator=b.discriminator, conditions=b.conditions,
+        config=b.config, card=b.card, verifier=bundle_verifier(fit_linear(ts.images[tr], ts.patient_ids[tr]))))
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    copied = int(np.flatnonzero(tr)[5])  # a training image, saved as a file
+    Image.fromarray(ts.images[copied]).save(folder / "a_copy.png")
+    Image.fromarray(patient_image(np.random.default_rng(77), bases[0], nuisance)).save(folder / "b_same_patient.png")
+    Image.fromarray(patient_image(np.random.default_rng(78), smooth_base(np.random.default_rng(900), 1)[0], nuisance)).save(
+        folder / "c_stranger.png")
+    (folder / "notes.txt").write_text("not an image")
+
+    out = tmp_path / "report.json"
+    res = CliRunner().invoke(privacy_app, ["check", str(folder), "--trainset", str(tmp_path / "trainset"),
+                                           "--bundle", str(tmp_path / "bundle.pt"), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.read_text())
+    rows = {r["file"]: r for r in report["images"]}
+    assert set(rows) == {"a_copy.png", "b_same_patient.png", "c_stranger.png"}
+    assert rows["a_copy.png"]["check"] == "copy" and rows["a_copy.png"]["image_id"] == ts.image_ids[copied]
+    assert rows["a_copy.png"]["patient_id"] == ts.patient_ids[copied]
+    same = rows["b_same_patient.png"]
+    assert same["flagged"] and same["check"] == "reidentification" and same["patient_id"] == "fx:0"
+    assert same["scores"]["reidentification_distance"] < same["scores"]["reidentification_threshold"]
+    assert same["scores"]["copy_score"] >= same["scores"]["copy_threshold"]
+    assert rows["c_stranger.png"] == {**rows["c_stranger.png"], "flagged": False, "check": None}
+    s = report["summary"]
+    assert (s["n_images"], s["n_flagged_copy"], s["n_flagged_reidentification"]) == (3, 1, 1)
+
+
+def test_privacy_check_refuses_a_folder_that_is_not_a_training_set(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "notaset").mkdir()
+    res = CliRunner().invoke(privacy_app, ["check", str(tmp_path / "images"), "--trainset", str(tmp_path / "notaset"),
+                                           "--out", str(tmp_path / "r.json")])
+    assert res.exit_code != 0 and "trainset.json" in res.output
+    assert not (tmp_path / "r.json").exists()
