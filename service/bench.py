@@ -12,7 +12,8 @@ researcher and a few datasets; then drives it with wrk over loopback, each phase
 Each phase reports req/s, p50, p99 and errors; reads are also given as a ratio to the bare rate, which
 means the same on any machine. /v1/health is polled during the read phases: its slowest answer shows
 whether the service stalls under load. The per-key rate limit is raised, not switched off, so its cost
-is in the figures. Needs `wrk` (Debian: apt-get install wrk).
+is in the figures. The server's CPU time per request (Linux /proc) says how much of a request is
+work and how much waiting. Needs `wrk` (Debian: apt-get install wrk).
 """
 
 from __future__ import annotations
@@ -35,6 +36,17 @@ import httpx
 import psycopg
 import typer
 from fastapi import FastAPI
+
+from service.accounts.models import Role
+from service.accounts.service import create_account, create_key
+from service.audit.service import SYSTEM
+from service.datasets.models import Dataset, DatasetStatus, ImageFormat
+from service.db import reset_caches, session_scope
+from service.embedded import free_port, start_redis, start_seaweedfs
+from service.migrate import upgrade
+from service.modelversions.models import ModelStatus, ModelVersion
+from service.storage import ensure_buckets
+from service.timeutil import utcnow
 
 ROOT = Path(__file__).resolve().parent.parent
 PURPOSE = "Load benchmark: measuring the API's throughput and latency under concurrent clients."
@@ -71,14 +83,22 @@ def _lua(headers: dict[str, str], method: str = "GET", body: str | None = None) 
     return "\n".join(lines) + "\n" + _DONE_LUA
 
 
-def run_wrk(url: str, *, clients: int, seconds: int, script: str, workdir: Path) -> dict:
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk(url: str, *, clients: int, seconds: int, script: str, workdir: Path, server_pid: int) -> dict:
     path = workdir / f"wrk-{uuid.uuid4().hex[:8]}.lua"
+    cpu0 = _cpu_s(server_pid)
     path.write_text(script)
     threads = max(1, min(clients, os.cpu_count() or 1, 4))
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{clients}", f"-d{seconds}s", "--timeout", "10s", "-s", str(path), url],
         check=False, capture_output=True, text=True, timeout=seconds + 60,
     )
+    cpu = _cpu_s(server_pid) - cpu0
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("WRK ")), None)
     if line is None:
         raise RuntimeError(f"wrk gave no summary (exit {out.returncode}): {out.stdout[-800:]} {out.stderr[-800:]}")
@@ -87,11 +107,12 @@ def run_wrk(url: str, *, clients: int, seconds: int, script: str, workdir: Path)
     return {"clients": clients, "seconds": seconds, "requests": r["requests"],
             "rate": r["requests"] / (r["duration_us"] / 1e6), "p50_ms": r["p50_us"] / 1000,
             "p99_ms": r["p99_us"] / 1000, "max_ms": r["max_us"] / 1000, "errors": errors,
-            "status_errors": r["status"], "timeouts": r["timeout"]}
+            "status_errors": r["status"], "timeouts": r["timeout"],
+            "server_cpu_ms_per_request": cpu * 1000 / max(1, r["requests"])}
 
 
 class HealthWatch:
-    """Polls /v1/health every 0.25 s from its own connection: the slowest answer and any non-200."""
+    """Polls /v1/health every second from its own connection: the slowest answer and any non-200."""
 
     def __init__(self, base: str):
         self.base, self.stop, self.times, self.bad = base, threading.Event(), [], []
@@ -108,7 +129,7 @@ class HealthWatch:
                 self.times.append(time.perf_counter() - t0)
                 if status != 200:
                     self.bad.append(status)
-                self.stop.wait(0.25)
+                self.stop.wait(1.0)
 
     def __enter__(self) -> Self:
         self.thread.start()
@@ -156,13 +177,6 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def _seed(n_datasets: int) -> dict:
     """A published model, a researcher with a key and a large quota, and its datasets (in-process)."""
-    from service.accounts.models import Role
-    from service.accounts.service import create_account, create_key
-    from service.audit.service import SYSTEM
-    from service.datasets.models import Dataset, DatasetStatus, ImageFormat
-    from service.db import session_scope
-    from service.modelversions.models import ModelStatus, ModelVersion
-    from service.timeutil import utcnow
 
     with session_scope() as s:
         conditions = ["No Finding", "Mass", "Nodule"]
@@ -188,7 +202,6 @@ def _seed(n_datasets: int) -> dict:
 
 def run_api_bench(*, read_clients: list[int], create_clients: int, seconds: int, create_seconds: int,
                   n_datasets: int, pg_admin_url: str) -> dict:
-    from service.embedded import free_port, start_redis, start_seaweedfs
 
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk not found: apt-get install wrk")
@@ -222,9 +235,6 @@ def run_api_bench(*, read_clients: list[int], create_clients: int, seconds: int,
             "XRAYSYNTH_RATE_LIMIT": "100000000/minute",
         }
         os.environ.update(env)
-        from service.db import reset_caches
-        from service.migrate import upgrade
-        from service.storage import ensure_buckets
 
         reset_caches()
         upgrade(env["XRAYSYNTH_DATABASE_URL"])
@@ -251,12 +261,13 @@ def run_api_bench(*, read_clients: list[int], create_clients: int, seconds: int,
             httpx.get(url, headers=headers, timeout=10).raise_for_status()
 
         def phase(name: str, url: str, clients: int, script: str, secs: int, watch: bool) -> dict:
+            pid = api.pid if watch else bare.pid
             if watch:
                 with HealthWatch(api_base) as hw:
-                    r = run_wrk(url, clients=clients, seconds=secs, script=script, workdir=tmp)
+                    r = run_wrk(url, clients=clients, seconds=secs, script=script, workdir=tmp, server_pid=pid)
                 r["health"] = hw.summary()
             else:
-                r = run_wrk(url, clients=clients, seconds=secs, script=script, workdir=tmp)
+                r = run_wrk(url, clients=clients, seconds=secs, script=script, workdir=tmp, server_pid=pid)
             r["name"] = name
             results["phases"].append(r)
             _print_phase(r)
@@ -278,7 +289,7 @@ def run_api_bench(*, read_clients: list[int], create_clients: int, seconds: int,
 def _print_phase(r: dict) -> None:
     line = (f"{r['name']:>6} {r['clients']:>4} clients {r['seconds']:>3}s: {r['rate']:8.1f} req/s  "
             f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  max {r['max_ms']:8.1f} ms  "
-            f"errors {r['errors']} ({r['requests']} requests)")
+            f"errors {r['errors']} ({r['requests']} requests)  server CPU {r['server_cpu_ms_per_request']:.2f} ms/req")
     if "health" in r:
         h = r["health"]
         line += f"  health: {h['polls']} polls, slowest {h['max_ms']:.0f} ms, not ok {h['not_ok']}"
