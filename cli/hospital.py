@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
 
-from cli.ops import cli_actor, settings_or_exit
+from cli.common import cli_actor, settings_or_exit
 from service import layout, storage
 from service.audit.service import record
 from service.db import session_scope

@@ -16,6 +16,15 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from cli.common import cli_actor, settings_or_exit
+from cli.onebox import run_onebox
+from service.accounts.models import Account, ApiKey, Role
+from service.accounts.service import create_account, create_key, get_by_name, revoke_key
+from service.db import make_engine, session_scope
+from service.errors import ApiError
+from service.migrate import downgrade, upgrade
+from service.settings import onebox_settings_path
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -25,32 +34,10 @@ class RoleChoice(StrEnum):
     researcher = "researcher"
 
 
-def cli_actor():
-    """Changes made from the command line are audited as the `cli` system actor."""
-    from service.audit.service import Actor
-
-    return Actor(id=None, name="cli", role="system")
-
-
-def settings_or_exit():
-    """Load settings, turning a refusal (default secrets outside development) into a readable exit."""
-    from pydantic import ValidationError
-
-    from service.settings import get_settings
-
-    try:
-        return get_settings()
-    except ValidationError as exc:
-        messages = "; ".join(str(e.get("msg", e)).removeprefix("Value error, ") for e in exc.errors())
-        err_console.print(f"[bold red]configuration refused:[/] {messages}")
-        raise typer.Exit(2) from None
-
-
 def refuse_unknown_pepper(settings) -> None:
     """A key is stored as a hash keyed with the service's pepper. With none configured here the hash
     would use the built-in development pepper, and the printed key would be refused by any service
     that has its own (a one-box run generates one): say what to set instead of printing it."""
-    from service.settings import onebox_settings_path
 
     if not settings.pepper_is_default:
         return
@@ -84,8 +71,6 @@ def migrate(
     """Bring the database schema to the latest revision (or down to `--downgrade-to`)."""
     from alembic.runtime.migration import MigrationContext
 
-    from service.db import make_engine
-    from service.migrate import downgrade, upgrade
 
     url = settings_or_exit().database_url
     if downgrade_to:
@@ -146,6 +131,7 @@ def worker(
         err_console.print(f"[red]the worker needs the `worker` extra and models/ (missing: {', '.join(missing)})[/]")
         raise typer.Exit(1)
     try:
+        # lazy: the API image has no workers/, and the worker's parent must not import torch early
         from workers.main import run_worker
     except ImportError as exc:
         err_console.print(f"[red]the worker is not available in this installation:[/] {exc}")
@@ -166,9 +152,6 @@ def keys_create(
     plain: Annotated[bool, typer.Option("--plain", help="Print only the key (for scripts).")] = False,
 ) -> None:
     """Create a key for an account (creating the account if missing). The key is printed once."""
-    from service.accounts.models import Role
-    from service.accounts.service import create_account, create_key, get_by_name
-    from service.db import session_scope
 
     refuse_unknown_pepper(settings_or_exit())
     actor = cli_actor()
@@ -199,9 +182,6 @@ def keys_create(
 @keys_app.command("revoke")
 def keys_revoke(prefix_or_id: Annotated[str, typer.Argument(help="The key's prefix (as listed) or its id.")]) -> None:
     """Revoke a key: requests with it get 401 from now on."""
-    from service.accounts.service import revoke_key
-    from service.db import session_scope
-    from service.errors import ApiError
 
     settings_or_exit()
     try:
@@ -225,8 +205,6 @@ def keys_list(
     """List keys by prefix (the keys themselves are never stored)."""
     from sqlalchemy import select
 
-    from service.accounts.models import Account, ApiKey
-    from service.db import session_scope
 
     settings_or_exit()
     with session_scope() as session:
@@ -262,7 +240,6 @@ def run(
     with_worker: Annotated[bool, typer.Option("--worker/--no-worker", help="Start one generation worker.")] = True,
 ) -> None:
     """Run everything on this box: API, one worker, S3 (embedded SeaweedFS), local or embedded DB/broker."""
-    from cli.onebox import run_onebox
 
     raise typer.Exit(
         run_onebox(port=port, host=host, var_dir=var_dir, embedded=embedded, bootstrap=bootstrap, with_worker=with_worker)
@@ -281,10 +258,17 @@ bench_app = typer.Typer(help="Benchmarks.", no_args_is_help=True)
 )
 def bench_pipeline(ctx: typer.Context) -> None:
     """Generation pipeline throughput (workers.bench.run_pipeline_bench); options are the bench's own."""
-    from cli.delegate import delegate
-
-    delegate("workers.bench", ["pipeline_app", "app", "run_pipeline_bench"], "pipeline", ctx.args,
-             prog_name="xraysynth bench pipeline")
+    try:
+        # lazy: the API image has no workers/, and torch loads only once the bench runs
+        import workers.bench as bench
+    except ModuleNotFoundError as exc:
+        if exc.name and "workers.bench".startswith(exc.name):  # missing itself, not one of its imports
+            err_console.print("[red]`xraysynth bench pipeline` is not available in this installation "
+                              "(workers.bench is missing)[/]")
+            raise typer.Exit(1) from None
+        raise
+    typer.main.get_command(bench.pipeline_app).main(args=list(ctx.args), prog_name="xraysynth bench pipeline",
+                                                    standalone_mode=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -21,6 +21,7 @@ def ingest_command(
     default_license: Annotated[str, typer.Option(help="licence for rows whose CSV has none")] = "hospital-internal, not for redistribution",
 ) -> None:
     """Read DICOM (CR/DX) and PNG/JPEG chest radiographs + labels into a training set."""
+    # torch: loaded when the command runs, so mounting these keeps `xraysynth --help` torch-free
     from .ingest import ingest
 
     report = ingest(source_dir, labels, out, default_license=default_license)
@@ -42,6 +43,7 @@ def train_classifier_command(
     threads: int = 2,
 ) -> None:
     """Multi-label condition classifier (heatmaps, probabilities, evaluation features)."""
+    # torch: loaded when the command runs, so mounting these keeps `xraysynth --help` torch-free
     from .train import ClassifierConfig, train_classifier
 
     train_classifier(ClassifierConfig(trainset=str(trainset), out=str(out), epochs=epochs, width=width,
@@ -107,6 +109,7 @@ def train_gan_command(
     threads: int = 2,
 ) -> None:
     """Conditional DCGAN at 128 px (hinge, projection D, sqrt class balance, EMA); --dp for DP-SGD on D."""
+    # torch: loaded when the command runs, so mounting these keeps `xraysynth --help` torch-free
     from .train import GanConfig, train_gan
 
     run_dir, init_from = resolve_resume(resume, out)
@@ -133,6 +136,7 @@ def evaluate_command(
     threads: int = 2,
 ) -> None:
     """Score a bundle on the test split and write the metrics section of its model card."""
+    # torch: loaded when the command runs, so mounting these keeps `xraysynth --help` torch-free
     from .evaluate import EvalConfig, evaluate_bundle
 
     evaluate_bundle(EvalConfig(model=str(model), trainset=str(trainset), out=str(out) if out else None,
@@ -149,6 +153,7 @@ def preview_command(
     seed: int = 0,
 ) -> None:
     """A grid of generated images per condition, with their Grad-CAM heatmaps underneath."""
+    # torch: loaded when the command runs, so mounting these keeps `xraysynth --help` torch-free
     from .bundle import load_bundle
     from .preview import save_preview
 

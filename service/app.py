@@ -5,7 +5,13 @@ from __future__ import annotations
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service import health
+from service.console.routes import install as install_console
+from service.console.security import SecurityHeaders
 from service.errors import error_body, install_error_handlers
+from service.observability import install_observability
+from service.openapi import AUTHENTICATED, install_openapi
+from service.routers import ROUTERS
 from service.settings import get_settings
 
 
@@ -53,12 +59,6 @@ class _TooLarge(BaseException):
 
 
 def create_app() -> FastAPI:
-    from service import health
-    from service.console.routes import install as install_console
-    from service.console.security import SecurityHeaders
-    from service.observability import install_observability
-    from service.openapi import AUTHENTICATED, install_openapi
-    from service.routers import ROUTERS
 
     settings = get_settings()
     app = FastAPI(

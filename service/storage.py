@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 from functools import lru_cache
-from typing import BinaryIO
 
 import boto3
 from botocore.config import Config
@@ -17,7 +16,7 @@ from botocore.exceptions import ClientError
 
 from service.settings import Settings, get_settings
 
-# Large shard tars go up in parts; a failed part is retried alone.
+# Large shard tars go up in parts (workers/retry.py), a failed part retried alone.
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 
 
@@ -69,18 +68,6 @@ def put_bytes(bucket: str, key: str, data: bytes, content_type: str = "applicati
     """Upload and return the sha256 of what was uploaded."""
     internal_client().put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
     return hashlib.sha256(data).hexdigest()
-
-
-def upload_file(bucket: str, key: str, fileobj: BinaryIO, content_type: str = "application/x-tar") -> None:
-    from boto3.s3.transfer import TransferConfig
-
-    internal_client().upload_fileobj(
-        fileobj,
-        bucket,
-        key,
-        ExtraArgs={"ContentType": content_type},
-        Config=TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD),
-    )
 
 
 def get_bytes(bucket: str, key: str) -> bytes:

@@ -53,12 +53,6 @@ def _verified(data: bytes, expected: str | None, what: str) -> bytes:
     return data
 
 
-def pick_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def load_model(model_version_id: uuid.UUID, *, storage_hooks: dict | None = None) -> LoadedModel:
     """The model version's bundle, privacy index and calibration, cached per process (verified once)."""
     model_version_id = uuid.UUID(str(model_version_id))
@@ -70,6 +64,7 @@ def load_model(model_version_id: uuid.UUID, *, storage_hooks: dict | None = None
     # torch: the worker parent imports this module before it forks, so models/ loads on first use
     from models.bundle import load_bundle
     from models.privacy import Calibration, PrivacyIndex
+    from models.sampling import pick_device
 
     with session_scope() as s:
         mv = s.get(ModelVersion, model_version_id)
@@ -84,7 +79,7 @@ def load_model(model_version_id: uuid.UUID, *, storage_hooks: dict | None = None
     hooks = storage_hooks or {}
     ckpt = _verified(retry.get_object(bucket, keys[0], **hooks), keys[1], "checkpoint")
     index_bytes = _verified(retry.get_object(bucket, keys[2], **hooks), keys[3], "privacy index")
-    device = pick_device()
+    device = pick_device().type  # "cuda" if the worker has a GPU, else "cpu"
     bundle = prepare_for_inference(load_bundle(ckpt, device=device))
     index = PrivacyIndex.load(index_bytes).to(device)
     loaded = LoadedModel(model_version_id, name, version, bundle, index, Calibration.from_dict(cal), device)
