@@ -95,11 +95,10 @@ def infra(tmp_path_factory) -> Iterator[Infra]:
 
 def _truncate_all() -> None:
     from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
 
     from service.db import get_engine
     from service.tables import Base
-
-    from sqlalchemy.exc import DBAPIError
 
     tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
     # DELETE with triggers off (the audit table's append-only trigger, FK checks) takes ~1 ms on these

@@ -10,7 +10,13 @@ Nothing here touches CUDA at import; torch is imported inside the functions that
 
 from models.privacy.calibration import MIN_THRESHOLD, Calibration, calibrate
 from models.privacy.evidence import evidence_payload, render_pairs_png
-from models.privacy.filter import FilterResult, MemorisationError, Replaced, filter_and_replace, memorisation_filter
+from models.privacy.filter import (
+    FilterResult,
+    MemorisationError,
+    Replaced,
+    filter_and_replace,
+    memorisation_filter,
+)
 from models.privacy.index import Nearest, PrivacyIndex, build_privacy_index
 from models.privacy.mia import membership_inference, roc_auc
 

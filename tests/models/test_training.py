@@ -10,7 +10,7 @@ import torch
 
 from models.bundle import load_bundle
 from models.conditions import CONDITIONS
-from models.train import (ClassifierConfig, GanConfig, sample_weights, train_classifier, train_gan, translate)
+from models.train import ClassifierConfig, GanConfig, sample_weights, train_classifier, train_gan, translate
 from models.trainset import write_trainset
 
 TINY = dict(nz=16, ngf=4, ndf=4, emb_dim=8, batch_size=8, eval_every=2, ckpt_every=2, n_eval=8, bn_calib=16,

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from conftest import make_trainset
 
 from models.privacy import MIN_THRESHOLD, Calibration, build_privacy_index, calibrate
 from models.privacy.calibration import _threshold_for_flag_rate
-
-from conftest import make_trainset
 
 
 def test_threshold_separates_same_from_different_patients(calibration, index):
@@ -51,7 +50,7 @@ def test_unreachable_targets_follow_the_stated_rule(bundle):
     cal = calibrate(build_privacy_index(bundle, ts), ts)
     assert cal.different_patient_flag_rate <= 0.01
     assert cal.same_patient_catch_rate < 0.95 and not cal.targets_met
-    assert f"vs target 95%" in cal.rule
+    assert "vs target 95%" in cal.rule
 
 
 def test_threshold_rule_on_known_scores():

@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import patient_images, smooth_base
 
 from models.privacy import MemorisationError, filter_and_replace, memorisation_filter
 from models.privacy.features import classifier_embeddings, shift_images
-
-from conftest import patient_images, smooth_base
 
 
 def fresh_image(image_index: int, attempt: int) -> np.ndarray:

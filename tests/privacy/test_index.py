@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import patient_images, smooth_base
 
 import models.privacy.index as index_mod
 from models.privacy import PrivacyIndex, build_privacy_index
 from models.privacy.features import NO_SHIFT, SHIFTS, l2_normalise, pixel_features, shift_images
-
-from conftest import patient_images, smooth_base
 
 
 def random_index(rng, n=60, d=24, shifts=SHIFTS):

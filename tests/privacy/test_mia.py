@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import make_trainset
 
 from models.privacy import membership_inference, roc_auc
 from models.privacy.mia import matched_members
-
-from conftest import make_trainset
 
 
 def test_roc_auc_rank_based():

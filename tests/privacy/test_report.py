@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
+from conftest import make_trainset
+
 from models.bundle import save_bundle
 from models.privacy import report
 from models.trainset import write_trainset
-
-from conftest import make_trainset
 
 
 def test_report_end_to_end(bundle, tmp_path):
