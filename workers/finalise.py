@@ -25,7 +25,7 @@ from service.db import session_scope
 from service.modelversions.models import ModelVersion
 from service.reviews.models import Review
 from service.settings import get_settings
-from workers import cleanup, leases, retry, state
+from workers import cleanup, leases, outages, retry, state
 from workers.card import build_card, render_card_md
 from workers.evidence import build_evidence
 from workers.manifest import NotReleasable, load_fragments, write_manifest
@@ -54,6 +54,8 @@ def finalise_dataset(dataset_id: uuid.UUID) -> str:
             state.fail(dataset_id, f"finalising: {exc}")
             return "failed"
         except Exception as exc:  # noqa: BLE001 — a reason on the dataset beats a silent stall
+            if outages.is_outage(exc):
+                return outages.interrupted(f"dataset {dataset_id} finalise", exc)
             log.exception("dataset %s: finalise failed", dataset_id)
             state.fail(dataset_id, f"finalising: {type(exc).__name__}: {str(exc)[:300]}")
             return "failed"

@@ -20,7 +20,7 @@ from service.datasets.models import Dataset, DatasetStatus, Shard, ShardStatus
 from service.db import session_scope
 from service.modelversions.models import ModelVersion
 from service.settings import get_settings
-from workers import cleanup, leases, retry, state
+from workers import cleanup, leases, outages, retry, state
 from workers.config import worker_settings
 from workers.device import device_batch_size
 from workers.model_store import load_model
@@ -125,6 +125,8 @@ def run_shard(dataset_id: uuid.UUID, shard_index: int) -> str:
         state.fail(dataset_id, f"shard {shard_index}: {exc}")
         return "failed"
     except Exception as exc:  # noqa: BLE001 — any other error fails the dataset with a reason, not silently
+        if outages.is_outage(exc):
+            return outages.interrupted(f"dataset {dataset_id} shard {shard_index}", exc)
         # torch: the worker parent imports this module before it forks, so models/ loads on first use
         from models.privacy import MemorisationError
 
