@@ -68,7 +68,7 @@ def review_context(session: Session, caller: ConsoleCaller, dataset_id: uuid.UUI
                               ("rejected", gen.get("rejected_counts"))) if gen else None
     # Flags per check: the filter's own breakdown when the worker wrote one, else its single total.
     checks = gen.get("checks") if isinstance(gen.get("checks"), dict) else (
-        {"memorisation filter": {"flagged": gen.get("n_rejected")}} if gen else {})
+        {"memorisation filter": {"n_rejected": gen.get("n_rejected")}} if gen else {})
     attacks = (ev["model"]["membership_inference"] or {}).get("attacks") or {}
     mia_aucs = [(name, a.get("auc")) for name, a in sorted(attacks.items()) if isinstance(a, dict)]
     return {
