@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import httpx
+import redis
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
@@ -55,14 +56,12 @@ DEFAULT_S3_PORT = 8333
 def tell_health_about_the_worker(child: Child, how: str | None, delay: float) -> None:
     """While the worker is down, /v1/health says so at once (its last report would take a few seconds
     to age out) and says that it is being restarted."""
-    import redis
-
     if child.name != "worker":
         return
     try:
-        if how is not None:
-            heartbeat.forget(heartbeat.node_id(child.proc.pid))
+        if how is not None:  # the note first: health never shows the worker gone without saying why
             heartbeat.set_note(f"the one-box supervisor restarts it in {delay:.0f} s; it was {how}", ttl_s=delay + 120)
+            heartbeat.forget(heartbeat.node_id(child.proc.pid))
         else:
             heartbeat.set_note(f"the one-box supervisor restarted it (restart {child.restarts}); it reports "
                                "once started", ttl_s=120)
