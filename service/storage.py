@@ -49,9 +49,18 @@ def presigner():
     return _client(s, s.public_endpoint)
 
 
+@lru_cache
+def _ping_client():
+    # Health checks fail fast (one try, 2 s); one client for all of them, as building one costs
+    # milliseconds of CPU per /v1/health.
+    s = get_settings()
+    return _client(s, s.s3_endpoint_url, retries=1, timeout=2.0)
+
+
 def reset_clients() -> None:
     internal_client.cache_clear()
     presigner.cache_clear()
+    _ping_client.cache_clear()
 
 
 def ensure_buckets() -> None:
@@ -103,5 +112,4 @@ def presign_get(bucket: str, key: str, expires_in: int, filename: str | None = N
 
 
 def ping() -> None:
-    s = get_settings()
-    _client(s, s.s3_endpoint_url, retries=1, timeout=2.0).head_bucket(Bucket=s.release_bucket)
+    _ping_client().head_bucket(Bucket=get_settings().release_bucket)

@@ -6,10 +6,18 @@ from fastapi import APIRouter
 
 from service.accounts import service
 from service.accounts.models import Role
-from service.accounts.schemas import AccountCreate, AccountCreated, AccountList, AccountPublic, AccountUpdate, KeyPublic, NewKey
-from service.deps import AdminDep, SessionDep
+from service.accounts.schemas import (
+    AccountCreate,
+    AccountCreated,
+    AccountList,
+    AccountPublic,
+    AccountUpdate,
+    KeyPublic,
+    NewKey,
+)
+from service.deps import AdminDep, SessionDep, UnitOfWorkRoute
 
-router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
+router = APIRouter(prefix="/v1/accounts", tags=["accounts"], route_class=UnitOfWorkRoute)
 
 
 def _new_key(key, plain: str) -> dict:

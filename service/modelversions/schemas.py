@@ -9,6 +9,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.modelversions.models import ModelStatus
+from service.text import text
+
+TransitionNote = text(max_length=500)
 
 
 class ModelRef(BaseModel):
@@ -127,4 +130,4 @@ class ModelTransition(BaseModel):
         extra="forbid",
         json_schema_extra={"examples": [{"note": "evaluation signed off by the ML lead on 2026-11-20"}]},
     )
-    note: str | None = Field(None, max_length=500)
+    note: TransitionNote | None = None

@@ -9,11 +9,11 @@ from fastapi.responses import StreamingResponse
 from service import layout
 from service.datasets import service as datasets_service
 from service.datasets.models import DatasetStatus
-from service.deps import AdminDep, SessionDep
+from service.deps import AdminDep, SessionDep, UnitOfWorkRoute
 from service.reviews import service
 from service.reviews.schemas import ReviewCreate, ReviewOutcome, ReviewQueue
 
-router = APIRouter(prefix="/v1", tags=["reviews"])
+router = APIRouter(prefix="/v1", tags=["reviews"], route_class=UnitOfWorkRoute)
 
 StatusFilter = Literal["pending", *(s.value for s in DatasetStatus)]  # "pending" = pending_review
 
