@@ -35,14 +35,15 @@ def _plain(m):
 
 
 def save_checkpoint(path: Path, st: GanState, *, config: dict, elapsed_s: float, history: list, best: dict,
-                    accountant_state=None, sampler_rng: torch.Generator | None = None) -> None:
+                    accountant_state=None, sampler_rng: torch.Generator | None = None,
+                    warm_start: dict | None = None) -> None:
     ck = {
         "step": st.step, "elapsed_s": elapsed_s, "config": json.dumps(config, default=str),
         "G": st.G.state_dict(), "D": _plain(st.D).state_dict(), "G_ema": st.G_ema.state_dict(),
         "optG": st.optG.state_dict(), "optD": _plain(st.optD).state_dict(),
         "lecam_ema": dict(st.lecam_ema), "rng_torch": torch.get_rng_state(),
         "history": json.dumps(history), "best_fd": best["fd"], "best_step": best["step"],
-        "best_state": best["state"],
+        "best_state": best["state"], "warm_start": json.dumps(warm_start),
     }
     if accountant_state is not None:
         ck["dp_accountant"] = accountant_state
@@ -74,7 +75,8 @@ def restore(st: GanState, ck: dict) -> dict:
         torch.set_rng_state(ck["rng_torch"])
     return {"elapsed_s": float(ck["elapsed_s"]), "history": json.loads(ck["history"]),
             "best": {"fd": ck["best_fd"], "step": ck["best_step"], "state": ck["best_state"]},
-            "dp_accountant": ck.get("dp_accountant"), "sampler_rng": ck.get("rng_dp_sampler")}
+            "dp_accountant": ck.get("dp_accountant"), "sampler_rng": ck.get("rng_dp_sampler"),
+            "warm_start": json.loads(ck.get("warm_start") or "null")}
 
 
 def bundle_architecture(path) -> dict:

@@ -233,7 +233,7 @@ def train_gan(cfg: GanConfig) -> dict:
         save_checkpoint(ckpt_path, st, config=asdict(cfg), elapsed_s=run["elapsed_s"] + time.time() - t_start,
                         history=run["history"], best=run["best"],
                         accountant_state=engine.accountant.state_dict() if engine else None,
-                        sampler_rng=sampler_rng)
+                        sampler_rng=sampler_rng, warm_start=run["warm_start"])
 
     deadline = t_start + cfg.minutes * 60 if cfg.minutes else None
     last_save, t_epoch, start_step, run_stats = time.time(), time.time(), st.step, np.zeros(5)
@@ -309,8 +309,9 @@ def _package(cfg, st, ts, classifier, calib_labels, run, engine, dp_info, wall_s
     if best["state"] is not None and not cfg.dp:
         final_G.load_state_dict(best["state"])
     step = st.step
+    first_step = (run.get("warm_start") or {}).get("bundle_step", 0)  # steps a warm start inherited
     summary = {
-        "steps": step, "wall_s": elapsed, "s_per_iter": elapsed / max(step, 1), "batch_size": cfg.batch_size,
+        "steps": step, "wall_s": elapsed, "s_per_iter": elapsed / max(step - first_step, 1), "batch_size": cfg.batch_size,
         "best_val_fd": None if best["step"] is None else best["fd"], "best_step": best["step"],
         "device": str(device), "history": run["history"],
     }
@@ -330,7 +331,7 @@ def _package(cfg, st, ts, classifier, calib_labels, run, engine, dp_info, wall_s
                       classifier_trained=cfg.classifier is not None)
     save_bundle(out / "bundle.pt", generator=final_G.cpu(), classifier=classifier.cpu(), discriminator=D.cpu(),
                 conditions=ts.conditions, config=bundle_cfg, card=card)
-    console.print(f"GAN: {step} steps in {elapsed / 60:.1f} min ({summary['s_per_iter']:.2f} s/iter); "
+    console.print(f"GAN: {step - first_step} steps (to step {step}) in {elapsed / 60:.1f} min ({summary['s_per_iter']:.2f} s/iter); "
                   f"bundle {out / 'bundle.pt'}")
     return summary
 

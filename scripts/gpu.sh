@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The GPU path, in four verbs. Here (hospital machine):
+# The GPU path, in five verbs. Here (hospital machine):
 #   scripts/gpu.sh prepare [TRAINSET]        train+val splits -> runs/gpu/pack.npz (git-ignored, <= budget)
 # On the device machine (the `run` tool, carry ["runs/gpu"]; results land in $OUT):
 #   scripts/gpu.sh train [MINUTES] [BATCH]   bf16 training on CUDA from the shipped default, val scores,
 #                                            the bundle in 15 MiB parts, then the pipeline bench
+#   scripts/gpu.sh ablate [STEPS] [BATCH]    the recipe ablation (models/ablation.py) on the device, same
+#                                            seed and steps per arm from the shipped default -> $OUT/ablation.json
 #   scripts/gpu.sh bench [BATCH]             `xraysynth bench pipeline` (batch >= 1,024 on CUDA, encoding on
 #                                            all cores) and its ratio to the encode-bound limit
 # Back here:
@@ -23,17 +25,17 @@ xraysynth() { "$PY" -c "from cli import app; app(prog_name='xraysynth')" "$@"; }
 
 bench() {
   local batch=${1:-1024} n=${BENCH_IMAGES:-8192}
-  mkdir -p "$OUT"
+  mkdir -p "$OUT" bench/out
   if ! "$PY" -c "import workers.bench, service.settings, boto3, sqlalchemy" 2>/dev/null; then
     echo "bench: skipped, the service's Python packages are not importable here (carry them as wheels)" \
       | tee "$OUT/bench.txt"
     return 0
   fi
-  local before; before=$(ls bench/out/pipeline-*.json 2>/dev/null | wc -l)
+  local before; before=$(find bench/out -name 'pipeline-*.json' 2>/dev/null | wc -l)
   xraysynth bench pipeline --n-images "$n" --batch "$batch" --encode-processes "$(nproc)" \
     --bundle models/checkpoints/default/bundle.pt 2>&1 | tee "$OUT/bench.txt"
-  local latest; latest=$(ls -t bench/out/pipeline-*.json | head -1)
-  [ "$(ls bench/out/pipeline-*.json | wc -l)" -gt "$before" ] || { echo "bench wrote no result"; return 1; }
+  [ "$(find bench/out -name 'pipeline-*.json' 2>/dev/null | wc -l)" -gt "$before" ] || { echo "bench wrote no result"; return 1; }
+  local latest; latest=$(ls -t bench/out/pipeline-*.json | head -n 1)
   cp "$latest" "$OUT/bench.json"
   "$PY" - "$latest" <<'PYEOF' | tee -a "$OUT/bench.txt"
 import json, sys
@@ -57,6 +59,13 @@ case "${1:-}" in
       --device "$DEVICE" --eval-every "${EVAL_EVERY:-2000}" --n-eval "${N_EVAL:-730}" --bn-calib "${BN_CALIB:-2048}" \
       ${SCORE_N:+--score-n "$SCORE_N"}
     if [ "$DEVICE" = cuda ]; then bench 1024; else bench "${BENCH_BATCH:-64}"; fi ;;
+  ablate)
+    [ -f runs/gpu/pack.npz ] || { echo "runs/gpu/pack.npz missing: run 'scripts/gpu.sh prepare' and carry runs/gpu"; exit 2; }
+    work=$(mktemp -d)
+    "$PY" -m models.gpu_pack unpack --pack runs/gpu/pack.npz --out "$work/trainset"
+    "$PY" -m models.ablation --trainset "$work/trainset" --out "$work/ablation" --steps "${2:-2000}" \
+      --batch "${3:-128}" --device "$DEVICE" --threads "$(nproc)"
+    mkdir -p "$OUT" && cp "$work/ablation/ablation.json" "$OUT/ablation.json" ;;
   bench)
     bench "${2:-1024}" ;;
   fetch)
@@ -64,5 +73,5 @@ case "${1:-}" in
     xraysynth evaluate runs/gpu/bundle.pt --trainset "${TRAINSET:-runs/trainset}" --out runs/gpu/bundle.pt \
       --card-json runs/gpu/card.json --quick --no-membership ;;
   *)
-    sed -n '2,16p' "$0"; exit 2 ;;
+    sed -n '2,18p' "$0"; exit 2 ;;
 esac

@@ -55,6 +55,7 @@ def test_a_run_without_its_folder_continues_from_a_bundles_generator_and_discrim
                             **{**TINY, "ngf": 8, "ndf": 8}))
     assert load_bundle(new / "bundle.pt").config["ngf"] == 4
     assert s["steps"] == 4 and s["warm_start"]["bundle_step"] == 3  # one more step, counted from the bundle's
+    assert s["s_per_iter"] == pytest.approx(s["wall_s"])  # speed of the step taken here, not of the bundle's
     hist = json.loads((new / "history.json").read_text())["history"]
     assert [h["step"] for h in hist] == [4]
     d_before = bundle.discriminator.state_dict()
