@@ -200,3 +200,21 @@ def test_a_hundred_clients_on_two_connections_all_get_answers_and_health_keeps_a
     # load, answered every time (how fast is the benchmark's business: `python -m service.bench`).
     assert len(statuses) == 305 and len(health_waits) == 5
     assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+
+
+def test_every_rest_route_that_uses_the_database_commits_inside_its_one_thread_hop(infra):
+    """A plain APIRoute would serialise its answer in a second thread hop while its session still holds
+    a connection: the starvation above. New routers must use UnitOfWorkRoute."""
+    from fastapi.routing import APIRoute
+
+    from service.deps import UnitOfWorkRoute, get_session
+    from service.routers import ROUTERS
+
+    def uses_session(dependant) -> bool:
+        return dependant.call is get_session or any(uses_session(d) for d in dependant.dependencies)
+
+    routes = [r for router in ROUTERS for r in router.routes if isinstance(r, APIRoute)]
+    assert routes
+    offenders = sorted(f"{sorted(r.methods)} {r.path}" for r in routes
+                       if uses_session(r.dependant) and not isinstance(r, UnitOfWorkRoute))
+    assert offenders == []
