@@ -3,7 +3,8 @@
 - dependencies run one way, `models ← workers → service ← cli`: models/ imports nothing of ours,
   service/ nothing from workers/, models/ or cli/, workers/ nothing from cli/ — imports inside
   functions included, since a lazy import is still a dependency;
-- no import circles between modules (imports at module level: the ones that run at import time);
+- no import circles between modules, nor between service/'s domain packages (imports at module
+  level: the ones that run at import time);
 - an import of our own code inside a function says why, on its line or in a comment above its block.
 """
 
@@ -151,6 +152,19 @@ def test_dependencies_run_one_way():
 
 def test_no_module_imports_itself_back_through_others():
     assert circles(imports(ROOT)) == []
+
+
+def test_service_domains_depend_on_each_other_one_way():
+    """service/'s domain packages (datasets, reviews, releases, ...) form no circle either: reviews
+    build on datasets, so datasets must not import reviews back. Routers (views.py) sit on top and
+    may compose several domains."""
+    def domain(module: str) -> str | None:
+        parts = module.split(".")
+        return ".".join(parts[:2]) if len(parts) > 2 and parts[0] == "service" and parts[-1] != "views" else None
+
+    edges = [Import(domain(i.source), domain(i.target), i.line, i.lazy, i.why) for i in imports(ROOT)
+             if domain(i.source) and domain(i.target) and domain(i.source) != domain(i.target)]
+    assert circles(edges) == []
 
 
 def test_an_import_of_our_own_code_inside_a_function_says_why():

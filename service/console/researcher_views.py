@@ -17,7 +17,6 @@ from service.console.admin_review import admin_dataset_page, admin_datasets_page
 from service.console.deps import CheckedForm, PageCaller, ResearcherPage, field_errors
 from service.console.render import PageRoute, redirect, render, state_diagram
 from service.console.sessions import ConsoleCaller
-from service.datasets import release
 from service.datasets import service as datasets_service
 from service.datasets.models import DatasetStatus
 from service.datasets.schemas import DatasetCreate
@@ -26,6 +25,7 @@ from service.deps import SessionDep
 from service.errors import ApiError, NotFound
 from service.modelversions import service as models_service
 from service.modelversions.models import ModelStatus
+from service.releases import service as release
 from service.settings import get_settings
 
 router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)

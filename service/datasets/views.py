@@ -4,15 +4,13 @@ import uuid
 
 from fastapi import APIRouter, Body, Query
 
-from service.datasets import release, service
-from service.datasets.card import DatasetCard
+from service.datasets import service
 from service.datasets.models import DatasetStatus
 from service.datasets.schemas import (
     CancelRequest,
     DatasetCreate,
     DatasetList,
     DatasetPublic,
-    DownloadManifest,
     RetryRequest,
     RevokeRequest,
 )
@@ -50,24 +48,6 @@ def get_dataset(dataset_id: uuid.UUID, session: SessionDep, caller: CallerDep):
 def cancel_dataset(dataset_id: uuid.UUID, session: SessionDep, caller: CallerDep, body: CancelRequest | None = Body(None)):
     ds = service.cancel(session, dataset_id=dataset_id, account=caller.account, reason=body.reason if body else None)
     return service.to_public(session, ds)
-
-
-@router.get("/{dataset_id}/download", response_model=DownloadManifest, summary="Signed URLs for every file of a ready dataset")
-def download(
-    dataset_id: uuid.UUID,
-    session: SessionDep,
-    caller: CallerDep,
-    expires_in: int | None = Query(None, description="seconds the URLs stay valid (default 1 h, at most 7 days)"),
-):
-    ds = service.get_owned(session, dataset_id=dataset_id, account=caller.account)
-    return release.download_manifest(session, dataset=ds, actor=caller.actor, expires_in=expires_in)
-
-
-@router.get("/{dataset_id}/card", response_model=DatasetCard, response_model_exclude_unset=True,
-            summary="Dataset card (provisional until the release is published)")
-def card(dataset_id: uuid.UUID, session: SessionDep, caller: CallerDep) -> dict:
-    ds = service.get_visible(session, dataset_id=dataset_id, account=caller.account)
-    return release.dataset_card(session, dataset=ds, viewer=caller.account)
 
 
 @router.post("/{dataset_id}/revoke", response_model=DatasetPublic, summary="Revoke a release: its files are deleted")
