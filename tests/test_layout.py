@@ -167,6 +167,14 @@ def test_service_domains_depend_on_each_other_one_way():
     assert circles(edges) == []
 
 
+def test_the_cli_reaches_workers_and_models_only_inside_commands():
+    """The API image ships cli/ and service/ without workers/ or models/: `xraysynth serve` there must
+    not import them on the way in."""
+    eager = [f"{i.source}:{i.line} ({i.target})" for i in imports(ROOT)
+             if i.source.split(".")[0] == "cli" and i.target.split(".")[0] in ("workers", "models") and not i.lazy]
+    assert eager == []
+
+
 def test_an_import_of_our_own_code_inside_a_function_says_why():
     unexplained = [f"{i.source}:{i.line} ({i.target})" for i in imports(ROOT) if i.lazy and not i.why]
     assert unexplained == []
