@@ -16,8 +16,10 @@ from celery import Celery, signals
 
 import service.tables  # noqa: F401 — every table registered, so relationships between domains resolve
 from service import db, heartbeat, storage
+from service.observability.logs import configure_logging
 from service.queue import celery_config
 from service.settings import get_settings
+from workers import metrics
 from workers.heartbeat import HeartbeatThread
 from workers.produce import shutdown_pool
 from workers.sweeper import SweeperThread
@@ -32,9 +34,16 @@ _heartbeat = None
 _concurrency = 1
 
 
+@signals.setup_logging.connect
+def _setup_logging(loglevel=None, **_):
+    # Connected, so Celery leaves logging to us: the same JSON lines (or console text) as the API.
+    configure_logging(level=loglevel or "INFO")
+
+
 @signals.worker_init.connect
 def _on_worker_init(sender=None, **_):
     global _concurrency
+    metrics.serve(get_settings().worker_metrics_port)
     _concurrency = int(getattr(sender, "concurrency", None) or 1)
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from service.settings import get_settings
+from workers import metrics
 from workers.config import worker_settings
 from workers.encode import heatmaps_to_uint8
 
@@ -95,10 +96,12 @@ class DeviceStage:
 
     def __call__(self, indices, attempts):
         indices = np.asarray(indices, dtype=np.int64)
-        xq, pixels, cls = self.generate(indices, np.asarray(attempts, dtype=np.int64))
-        r = self.gradcam(xq, cls)
-        extra = {
-            "heatmaps": heatmaps_to_uint8(r.heatmaps.float().cpu().numpy()),
-            "probs": r.probs.float().cpu().numpy().astype(np.float32),
-        }
+        with metrics.stage("generate"):
+            xq, pixels, cls = self.generate(indices, np.asarray(attempts, dtype=np.int64))
+        with metrics.stage("heatmaps"):  # up to the host copies: on a GPU those are where the work waits
+            r = self.gradcam(xq, cls)
+            extra = {
+                "heatmaps": heatmaps_to_uint8(r.heatmaps.float().cpu().numpy()),
+                "probs": r.probs.float().cpu().numpy().astype(np.float32),
+            }
         return pixels, r.embeddings, extra

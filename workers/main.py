@@ -18,10 +18,13 @@ def run_worker(concurrency: int | None = None, loglevel: str = "info", pool: str
     with cores/concurrency torch threads.
     """
 
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     concurrency = max(1, concurrency or 1)
     pool = pool or ("solo" if concurrency == 1 else "prefork")
+    if pool == "prefork" and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Set before the process starts (prometheus_client reads it at import): without it the
+        # children's samples never reach the port the parent serves.
+        logging.getLogger("xraysynth.worker").warning(
+            "prefork worker without PROMETHEUS_MULTIPROC_DIR: its metrics will not count the children's work")
     app.worker_main([
         "worker",
         f"--loglevel={loglevel}",

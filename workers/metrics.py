@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -29,19 +29,17 @@ if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 disable_created_metrics()
 
 STAGES = ("generate", "heatmaps", "filter", "encode", "upload", "record")
-# The memorisation filter's rejections count as "copy"; "reid" counts once the re-identification
-# check runs in the filter with its own verdicts.
-CHECKS = ("copy", "reid")
+CHECKS = ("copy", "reid")  # the memorisation filter's two checks
 STORES = ("s3", "db")
 RETRY_KINDS = ("storage", "task")
-OUTCOMES = ("done", "failed")
+OUTCOMES = ("done", "failed", "interrupted")  # interrupted: an outage; the sweeper runs it again
 
 IMAGES_GENERATED = Counter("xraysynth_worker_images_generated", "Synthetic images generated and kept (after the filter)")
 IMAGES_FLAGGED = Counter("xraysynth_worker_images_flagged", "Generated images dropped by a privacy check, by check",
                          ["check"])
 STAGE_SECONDS = Histogram("xraysynth_worker_stage_seconds", "Time a shard spends in each stage", ["stage"],
                           buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))
-SHARDS = Counter("xraysynth_worker_shards", "Shard tasks finished, by outcome (done, failed)", ["outcome"])
+SHARDS = Counter("xraysynth_worker_shards", "Shard tasks finished, by outcome (done, failed, interrupted)", ["outcome"])
 RETRIES = Counter("xraysynth_worker_retries", "Retried operations: a storage call, or a whole shard task", ["kind"])
 ERRORS = Counter("xraysynth_worker_errors", "Errors talking to object storage (s3) or the database (db)", ["store"])
 
@@ -100,10 +98,17 @@ def stage(name: str) -> Iterator[None]:
             clock.nested[-1] += took
 
 
-def observe_shard(clock: _ShardClock) -> None:
-    """One observation per stage for a finished shard (a shard that failed half-way records none)."""
-    for name, seconds in clock.seconds.items():
-        STAGE_SECONDS.labels(name).observe(seconds)
+def shard_recorded(images: int, flagged: Mapping[str, int]) -> None:
+    """A shard is recorded: its images, each privacy check's rejections, and one observation per stage
+    of the current shard clock (a shard that fails half-way records no stage times)."""
+    clock = _clock.get()
+    if clock is not None:
+        for name, seconds in clock.seconds.items():
+            STAGE_SECONDS.labels(name).observe(seconds)
+    images_generated(images)
+    for check, n in flagged.items():
+        images_flagged(check, n)
+    shard_finished("done")
 
 
 def images_generated(n: int) -> None:

@@ -28,6 +28,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from service import storage
 from service.settings import get_settings
+from workers import metrics
 
 log = logging.getLogger("xraysynth.worker.storage")
 T = TypeVar("T")
@@ -76,6 +77,7 @@ def retrying(
         try:
             return fn()
         except Exception as exc:
+            metrics.error("s3")
             if not is_transient(exc):
                 raise
             # Class names only: botocore messages can carry endpoints and signed parameters.
@@ -93,6 +95,7 @@ def retrying(
         retry=tenacity.retry_if_exception(is_transient),
         wait=tenacity.wait_exponential(multiplier=0.25, min=0.25, max=8.0),
         stop=tenacity.stop_after_delay(budget),
+        before_sleep=lambda _state: metrics.retried("storage"),
         reraise=False,
     )
     try:

@@ -14,13 +14,14 @@ import time
 import uuid
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 
 from service import layout, queue
 from service.datasets.models import Dataset, DatasetStatus, Shard, ShardStatus
 from service.db import session_scope
 from service.modelversions.models import ModelVersion
 from service.settings import get_settings
-from workers import cleanup, leases, outages, retry, state
+from workers import cleanup, leases, metrics, outages, retry, state
 from workers.config import worker_settings
 from workers.device import device_batch_size
 from workers.model_store import load_model
@@ -75,7 +76,8 @@ def run_shard(dataset_id: uuid.UUID, shard_index: int) -> str:
             elif why == "already_done":
                 maybe_finalise(dataset_id)
             return why
-        leases.count_start(job_name)
+        if leases.count_start(job_name) > 1:
+            metrics.retried("task")  # this shard started before and did not finish
         hooks = state.storage_hooks(dataset_id)
         loaded = load_model(mv_id, storage_hooks=hooks)
         ws = worker_settings()
@@ -102,14 +104,18 @@ def run_shard(dataset_id: uuid.UUID, shard_index: int) -> str:
             if state.status_of(dataset_id) != DatasetStatus.generating:
                 raise Stop(state.status_of(dataset_id))
             settings = get_settings()
-            retry.upload_fileobj(settings.release_bucket, layout.shard_key(dataset_id, shard_index), tmp,
-                                 "application/x-tar", output.sha256, **hooks)
-        retry.put_object(settings.private_bucket, layout.fragment_key(dataset_id, shard_index), output.evidence.to_npz(),
-                         "application/octet-stream", **hooks)
-        outcome, all_done = record_shard(job, output)
+            with metrics.stage("upload"):
+                retry.upload_fileobj(settings.release_bucket, layout.shard_key(dataset_id, shard_index), tmp,
+                                     "application/x-tar", output.sha256, **hooks)
+        with metrics.stage("upload"):
+            retry.put_object(settings.private_bucket, layout.fragment_key(dataset_id, shard_index),
+                             output.evidence.to_npz(), "application/octet-stream", **hooks)
+        with metrics.stage("record"):
+            outcome, all_done = record_shard(job, output)
         if outcome == DatasetStatus.cancelled.value:
             cleanup.discard_outputs(dataset_id)
         if outcome == "recorded":
+            metrics.shard_recorded(job.stop - job.start, {"copy": output.evidence.n_rejected})
             leases.reset_starts(job_name)
             log.info("dataset %s shard %d: %d images (%d rejected by the filter) in %.1f s, sha256 %s",
                      dataset_id, shard_index, job.stop - job.start, output.evidence.n_rejected,
@@ -122,10 +128,14 @@ def run_shard(dataset_id: uuid.UUID, shard_index: int) -> str:
             cleanup.discard_outputs(dataset_id)
         return str(stop)
     except retry.StorageUnavailable as exc:
+        metrics.shard_finished("failed")
         state.fail(dataset_id, f"shard {shard_index}: {exc}")
         return "failed"
     except Exception as exc:  # noqa: BLE001 — any other error fails the dataset with a reason, not silently
+        if isinstance(exc, DBAPIError):
+            metrics.error("db")
         if outages.is_outage(exc):
+            metrics.shard_finished("interrupted")
             return outages.interrupted(f"dataset {dataset_id} shard {shard_index}", exc)
         # torch: the worker parent imports this module before it forks, so models/ loads on first use
         from models.privacy import MemorisationError
@@ -135,6 +145,7 @@ def run_shard(dataset_id: uuid.UUID, shard_index: int) -> str:
         else:
             log.exception("dataset %s shard %d failed", dataset_id, shard_index)
             reason = f"shard {shard_index}: {type(exc).__name__}: {str(exc)[:300]}"
+        metrics.shard_finished("failed")
         state.fail(dataset_id, reason)
         return "failed"
     finally:
