@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service import layout
+from workers import metrics
 from workers.config import worker_settings
 from workers.device import DeviceStage, block_of
 from workers.encode import EncodeContext, EncodedImage, ImageRecord, ShardTarWriter, encode_chunk
@@ -139,7 +140,8 @@ def produce_shard(
 
     for b0 in range(job.start, job.stop, batch_size):
         idx = np.arange(b0, min(b0 + batch_size, job.stop), dtype=np.int64)
-        rep = filter_and_replace(stage, loaded.privacy_index, loaded.calibration, idx, max_attempts=max_attempts)
+        with metrics.stage("filter"):
+            rep = filter_and_replace(stage, loaded.privacy_index, loaded.calibration, idx, max_attempts=max_attempts)
         sl = slice(b0 - job.start, b0 - job.start + len(idx))
         attempts[sl], probs[sl], scores[sl] = rep.attempts, rep.extra["probs"], rep.score
         evidence.n_generated += rep.n_generated
@@ -160,14 +162,17 @@ def produce_shard(
                         float(rep.score[j]), rep.pixels[j], None if heat is None else heat[j])
             for j, i in enumerate(idx)
         ]
-        for c0 in range(0, len(records), ENCODE_CHUNK):
-            chunk = records[c0 : c0 + ENCODE_CHUNK]
-            in_flight.append(pool.submit(encode_chunk, chunk, ctx) if pool is not None else encode_chunk(chunk, ctx))
-        drain(max_in_flight)
+        # Encode: what the shard waits for (inline encoding, or the pool's results and the tar writes).
+        with metrics.stage("encode"):
+            for c0 in range(0, len(records), ENCODE_CHUNK):
+                chunk = records[c0 : c0 + ENCODE_CHUNK]
+                in_flight.append(pool.submit(encode_chunk, chunk, ctx) if pool is not None else encode_chunk(chunk, ctx))
+            drain(max_in_flight)
         if on_batch is not None:
             on_batch(int(idx[-1]) + 1 - job.start)
-    drain(0)
-    sha256, size = writer.close()
+    with metrics.stage("encode"):
+        drain(0)
+        sha256, size = writer.close()
     cls = block_of(np.arange(job.start, job.stop), job.blocks)
     rows = [
         (job.dataset_id, job.start + j, job.shard_index, conditions[cls[j]], job.seed, int(attempts[j]), digests[j],
