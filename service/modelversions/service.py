@@ -21,6 +21,11 @@ from service.timeutil import utcnow
 _PRIVATE_KEY = re.compile(r"(^|_)(key|keys|path|paths|bucket|checkpoint|s3|privacy_index|index_meta)($|_)", re.I)
 
 
+# A location on a hospital machine or bucket, absolute or relative ("runs/gan/bundle.pt" in a training
+# config): one word with a slash that is neither a web link nor a DOI (citations carry both).
+_LOCAL_PATH = re.compile(r"^(?:s3://|file://|(?!(?:https?://|10\.\d{4,}/))[^\s]*/[^\s]*$)", re.I)
+
+
 PUBLIC_CARD_FIELDS = tuple(k for k in PublicModelCard.model_fields if k != "training_data")
 PUBLIC_TRAINING_DATA_FIELDS = tuple(PublicTrainingData.model_fields)
 
@@ -40,7 +45,7 @@ def sanitise(doc: object) -> object:
         return {k: sanitise(v) for k, v in doc.items() if not _PRIVATE_KEY.search(str(k))}
     if isinstance(doc, list):
         return [sanitise(v) for v in doc]
-    if isinstance(doc, str) and doc.startswith(("s3://", "file://", "/")):
+    if isinstance(doc, str) and _LOCAL_PATH.match(doc):
         return "[withheld]"
     return doc
 

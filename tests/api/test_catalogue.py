@@ -126,3 +126,18 @@ def test_publish_needs_privacy_index_and_calibration(api, admin, db, counts, kwa
 def test_unknown_model_is_404(api, admin):
     assert api.get(f"/v1/models/{random_id()}", headers=admin.headers).status_code == 404
     assert api.post(f"/v1/models/{random_id()}/publish", headers=admin.headers).status_code == 404
+
+
+def test_model_card_withholds_relative_hospital_paths_but_keeps_links_and_dois(api, researcher, db):
+    mv = make_model_version(db, name="rel", version="1", card={
+        "metrics": {"config": {"model": "runs/gan/bundle.pt", "trainset": "runs/trainset", "split": "test"}},
+        "how_to_cite": "10.1109/ICASSP.2018.8461430",
+        "citations": {"nih": "https://nihcc.app.box.com/v/ChestXray-NIHCC"},
+    })
+    db.commit()
+    body = api.get(f"/v1/models/{mv.id}", headers=researcher.headers).json()
+    text = json.dumps(body)
+    assert "runs/" not in text
+    assert body["card"]["metrics"]["config"] == {"model": "[withheld]", "trainset": "[withheld]", "split": "test"}
+    assert body["card"]["how_to_cite"] == "10.1109/ICASSP.2018.8461430"
+    assert body["card"]["citations"] == {"nih": "https://nihcc.app.box.com/v/ChestXray-NIHCC"}
