@@ -43,7 +43,6 @@ def _setup_logging(loglevel=None, **_):
 @signals.worker_init.connect
 def _on_worker_init(sender=None, **_):
     global _concurrency
-    metrics.serve(get_settings().worker_metrics_port)
     _concurrency = int(getattr(sender, "concurrency", None) or 1)
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -70,6 +69,7 @@ def _on_child_start(**_):
 def _start_sweeper(**_):
     global _sweeper, _heartbeat
 
+    metrics.serve(get_settings().worker_metrics_port)  # here, not at init: logging is set up by now
     _sweeper = SweeperThread()
     _sweeper.start()
     log.info("sweeper running every %.0f s", _sweeper.interval)
