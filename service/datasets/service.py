@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Sequence
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, load_only
 
 from service import layout, queue, storage
 from service.accounts.models import Account, Role
@@ -32,9 +32,14 @@ NOT_COUNTED = (S.rejected, S.cancelled)
 # ---------------------------------------------------------------- reading
 
 
-def to_public(session: Session, ds: Dataset) -> dict:
-    owner = session.get(Account, ds.account_id)
-    mv = session.get(ModelVersion, ds.model_version_id)
+# A dataset names its model by id, name and version: its card, metrics and calibration (large JSON) stay
+# unread.
+_MODEL_REF = [load_only(ModelVersion.id, ModelVersion.name, ModelVersion.version)]
+
+
+def to_public(session: Session, ds: Dataset, *, owner: Account | None = None, model: ModelVersion | None = None) -> dict:
+    owner = owner or session.get(Account, ds.account_id)
+    mv = model or session.get(ModelVersion, ds.model_version_id, options=_MODEL_REF)
     base = f"/v1/datasets/{ds.id}"
     return {
         "id": ds.id,
@@ -57,13 +62,16 @@ def to_public(session: Session, ds: Dataset) -> dict:
 
 
 def to_public_many(session: Session, datasets: Sequence[Dataset]) -> list[dict]:
-    # Load owners and models in two queries so to_public's session.get hits the identity map.
-    account_ids = {d.account_id for d in datasets}
-    model_ids = {d.model_version_id for d in datasets}
-    if account_ids:
-        list(session.scalars(select(Account).where(Account.id.in_(account_ids))))
-        list(session.scalars(select(ModelVersion).where(ModelVersion.id.in_(model_ids))))
-    return [to_public(session, d) for d in datasets]
+    # Owners and models in two queries, not two per dataset.
+    owners, models = {}, {}
+    if datasets:
+        account_ids = {d.account_id for d in datasets}
+        model_ids = {d.model_version_id for d in datasets}
+        owners = {a.id: a for a in session.scalars(select(Account).where(Account.id.in_(account_ids)))}
+        models = {m.id: m for m in session.scalars(
+            select(ModelVersion).options(*_MODEL_REF).where(ModelVersion.id.in_(model_ids)))}
+    return [to_public(session, d, owner=owners.get(d.account_id), model=models.get(d.model_version_id))
+            for d in datasets]
 
 
 def list_datasets(
