@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from .privacy.check import privacy_app
+
 train_app = typer.Typer(help="Train the conditional DCGAN or the condition classifier.", no_args_is_help=True)
 
 
@@ -167,6 +169,7 @@ app.command("ingest")(ingest_command)
 app.add_typer(train_app, name="train")
 app.command("evaluate")(evaluate_command)
 app.command("preview")(preview_command)
+app.add_typer(privacy_app, name="privacy")
 
 if __name__ == "__main__":
     app()

@@ -154,6 +154,14 @@ def render_card_md(card: dict) -> str:
               f"against their nearest other patient (the false-positive rate); "
               f"{_pct(f.get('same_patient_catch_rate'))} of images caught against the same patient's other images "
               "(the filter detects copies and near-copies, not patient identity)."]
+    if f.get("reidentification_check"):
+        dcr = f.get("dcr_share_closer_to_training")
+        lines.append(f"- Re-identification check: {f.get('n_rejected_reidentification', 0)} generated images were closer to a "
+                     "training patient than the verifier's threshold (calibrated to flag 1 % of new patients' images) and "
+                     f"regenerated; {f.get('n_rejected_copy', 0)} were flagged as copies. "
+                     + (f"{_pct(dcr)} of released images are closer to a training image than to a held-out one (~50 % = "
+                        "no memorisation). " if dcr is not None else "")
+                     + "The verifier is weak (see the model card): a training patient's anatomy in a new pose is not reliably caught.")
     dp = p.get("differential_privacy")
     lines.append(f"- Differential privacy: epsilon {dp['epsilon']}, delta {dp['delta']}." if dp else
                  "- Differential privacy: not used in training.")

@@ -60,15 +60,23 @@ def build_evidence(ds: Dataset, mv: ModelVersion, table: dict, frag: dict, block
         for j, r in zip(order, rows)
     ]
     real, real_source = _real_images(mv, index, rows)
+    reid, reid_order, reid_rows = _reid_pairs(calibration, index, table, frag)
+    real_reid = _real_images(mv, index, reid_rows)[0] if len(reid_rows) else np.zeros((0, 128, 128), np.uint8)
+    # One sheet, copy pairs first, then the closest pairs in the verifier's space (labelled "re-id").
     pairs_png = render_pairs_png(
-        frag["closest_pixels"][order], real, frag["closest_score"][order],
-        captions=[f"#{c['index']} score {c['score']:.3f} | train row {c['nearest_training_row']}" for c in closest],
+        np.concatenate([frag["closest_pixels"][order], frag["reid_pixels"][reid_order] if len(reid_order) else
+                        np.zeros((0, *frag["closest_pixels"].shape[1:]), np.uint8)]),
+        np.concatenate([real, real_reid]),
+        np.concatenate([frag["closest_score"][order], np.asarray([c["distance"] for c in reid], np.float64)]),
+        captions=[f"#{c['index']} score {c['score']:.3f} | train row {c['nearest_training_row']}" for c in closest]
+        + [f"re-id #{c['index']} d {c['distance']:.3f} | train row {c['nearest_training_row']}" for c in reid],
     )
     payload.update({
         "dataset_id": str(ds.id),
         "model_version": {"id": str(mv.id), "name": mv.name, "version": mv.version},
         "every_image_checked": True,
         "closest_pairs": closest,
+        "checks": _checks(calibration, frag, reid),
         "pairs_png": {"key": layout.evidence_key(ds.id, layout.EVIDENCE_PAIRS), "real_images": real_source, "k": len(closest)},
         "generated_at": utcnow().isoformat(),
     })
@@ -81,5 +89,50 @@ def build_evidence(ds: Dataset, mv: ModelVersion, table: dict, frag: dict, block
         "released_min_score": payload["released_min_score"],
         "images_regenerated": int((table["attempt"] > 0).sum()),
         "every_image_checked": True,
+        "n_rejected_copy": int(frag.get("n_rejected_copy", 0)),
+        "n_rejected_reidentification": int(frag.get("n_rejected_reid", 0)),
+        "reidentification_check": bool(calibration.reid_threshold is not None and index.has_reid),
+        "reidentification_threshold": calibration.reid_threshold,
+        "dcr_share_closer_to_training": payload["checks"]["dcr"].get("share_closer_to_training"),
     }
     return payload, pairs_png, summary
+
+
+def _reid_pairs(calibration, index, table, frag) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    """The released images closest to a training patient in the verifier's space, with where their
+    distance falls in the calibrated distribution of new patients' nearest distances."""
+    dist = np.asarray(frag.get("reid_distance", np.zeros(0)), np.float64)
+    order = np.argsort(dist, kind="stable")[:PAIRS_K]
+    order = order[np.isfinite(dist[order])]
+    rows = np.asarray(frag.get("reid_row", np.zeros(0, np.int64)), np.int64)[order]
+    r = calibration.reidentification or {}
+    edges, counts = np.asarray(r.get("bin_edges", []), np.float64), np.asarray(r.get("new_patient_counts", []), np.float64)
+    out = []
+    for j, row in zip(order, rows):
+        below = float(counts[: max(int(np.searchsorted(edges, dist[j], side="right")) - 1, 0)].sum() / counts.sum()) if counts.sum() else None
+        out.append({
+            "index": int(frag["reid_index"][j]), "attempt": int(frag["reid_attempt"][j]),
+            "condition": str(table["condition"][int(frag["reid_index"][j])]), "distance": float(dist[j]),
+            "threshold": calibration.reid_threshold,
+            "new_patients_closer": below,  # share of new patients' images nearer to a training image (bin resolution)
+            "nearest_training_row": int(index.rows[row]) if row >= 0 else None,
+            "nearest_image_id": str(index.image_ids[row]) if row >= 0 else None,
+        })
+    return out, order, rows
+
+
+def _checks(calibration, frag, reid_pairs) -> dict:
+    r = calibration.reidentification or {}
+    dcr_n = int(frag.get("dcr_n", 0))
+    return {
+        "copy": {"threshold": float(calibration.threshold), "n_rejected": int(frag.get("n_rejected_copy", 0))},
+        "reidentification": {
+            "available": bool(r), "threshold": r.get("threshold"), "verifier": r.get("name"),
+            "n_rejected": int(frag.get("n_rejected_reid", 0)), "closest_pairs": reid_pairs,
+            "bin_edges": r.get("bin_edges", []), "new_patient_counts": r.get("new_patient_counts", []),
+            "same_patient_counts": r.get("same_patient_counts", []),
+        },
+        "dcr": {"n_images": dcr_n, **({"share_closer_to_training": frag["dcr_closer_to_training"] / dcr_n} if dcr_n else {}),
+                "note": "released images closer (verifier space) to a training image than to a held-out one, training side "
+                        "size-matched to the held-out set; ~50 % means no memorisation of identity"},
+    }

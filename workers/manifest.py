@@ -71,6 +71,8 @@ def load_fragments(dataset_id: uuid.UUID, shards: list[Shard], hooks: dict) -> d
     parts = {k: [] for k in ("rejected_scores", "closest_index", "closest_attempt", "closest_score", "closest_row",
                              "closest_pixels", "preview_index", "preview_pixels", "preview_heatmaps")}
     n_generated = n_rejected = 0
+    reid_parts = {k: [] for k in ("reid_index", "reid_attempt", "reid_distance", "reid_row", "reid_pixels")}
+    counts = dict.fromkeys(("n_rejected_copy", "n_rejected_reid", "dcr_closer_to_training", "dcr_n"), 0)
     missing = []
     for sh in shards:
         key = layout.fragment_key(dataset_id, sh.index)
@@ -82,8 +84,15 @@ def load_fragments(dataset_id: uuid.UUID, shards: list[Shard], hooks: dict) -> d
                 parts[k].append(z[k])
             n_generated += int(z["n_generated"])
             n_rejected += int(z["n_rejected"])
+            for k in reid_parts:  # fragments written before the re-identification check lack these
+                if k in z.files:
+                    reid_parts[k].append(z[k])
+            for k in counts:
+                counts[k] += int(z[k]) if k in z.files else 0
     if missing:
         raise NotReleasable(f"the filter evidence of shards {missing[:20]} is missing; an admin retry regenerates them")
     out = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
     out["n_generated"], out["n_rejected"] = n_generated, n_rejected
+    out.update({k: np.concatenate(v) if v else np.zeros(0) for k, v in reid_parts.items()})
+    out.update(counts)
     return out

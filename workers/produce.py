@@ -58,6 +58,29 @@ class Evidence:
     n_rejected: int = 0
     closest: dict = field(default_factory=dict)  # index, attempt, score, nearest_row, pixels (top CLOSEST_K)
     preview: dict = field(default_factory=lambda: {"index": [], "pixels": [], "heatmaps": []})
+    # Per check: rejections of the copy check and of the re-identification check, the released images
+    # closest to a training patient in the verifier's space, and the DCR counts.
+    n_rejected_copy: int = 0
+    n_rejected_reid: int = 0
+    closest_reid: dict = field(default_factory=dict)  # index, attempt, distance, nearest_row, pixels
+    dcr_closer_to_training: int = 0
+    dcr_n: int = 0
+
+    def add_closest_reid(self, index, attempt, distance, nearest_row, pixels) -> None:
+        new = {"index": index, "attempt": attempt, "distance": distance, "nearest_row": nearest_row, "pixels": pixels}
+        if self.closest_reid:
+            new = {k: np.concatenate([self.closest_reid[k], v]) for k, v in new.items()}
+        keep = np.argsort(new["distance"], kind="stable")[:CLOSEST_K]
+        self.closest_reid = {k: np.asarray(v)[keep] for k, v in new.items()}
+
+    def _reid_arrays(self) -> dict:
+        c = self.closest_reid or {"index": np.zeros(0, np.int64), "attempt": np.zeros(0, np.int64),
+                                  "distance": np.zeros(0, np.float32), "nearest_row": np.zeros(0, np.int64),
+                                  "pixels": np.zeros((0, 128, 128), np.uint8)}
+        return {"n_rejected_copy": np.int64(self.n_rejected_copy), "n_rejected_reid": np.int64(self.n_rejected_reid),
+                "reid_index": c["index"], "reid_attempt": c["attempt"], "reid_distance": c["distance"],
+                "reid_row": c["nearest_row"], "reid_pixels": c["pixels"],
+                "dcr_closer_to_training": np.int64(self.dcr_closer_to_training), "dcr_n": np.int64(self.dcr_n)}
 
     def add_closest(self, index, attempt, score, nearest_row, pixels) -> None:
         new = {"index": index, "attempt": attempt, "score": score, "nearest_row": nearest_row, "pixels": pixels}
@@ -83,6 +106,7 @@ class Evidence:
             preview_index=np.concatenate(p["index"]).astype(np.int64) if p["index"] else np.zeros(0, np.int64),
             preview_pixels=np.concatenate(p["pixels"]) if p["pixels"] else np.zeros((0, 128, 128), np.uint8),
             preview_heatmaps=np.concatenate(p["heatmaps"]) if p["heatmaps"] else np.zeros((0, 32, 32), np.uint8),
+            **self._reid_arrays(),
         )
         return buf.getvalue()
 
@@ -149,6 +173,15 @@ def produce_shard(
         evidence.rejected_scores.append(rep.rejected_scores.astype(np.float32))
         k = np.argsort(rep.score, kind="stable")[:CLOSEST_K]
         evidence.add_closest(idx[k], rep.attempts[k], rep.score[k], rep.nearest_index[k], rep.pixels[k])
+        evidence.n_rejected_copy += rep.n_rejected_copy
+        evidence.n_rejected_reid += rep.n_rejected_reid
+        if getattr(loaded.privacy_index, "has_reid", False):
+            k = np.argsort(rep.reid_distance, kind="stable")[:CLOSEST_K]
+            evidence.add_closest_reid(idx[k], rep.attempts[k], rep.reid_distance[k], rep.reid_index[k], rep.pixels[k])
+            dcr = loaded.privacy_index.dcr_share(rep.pixels)
+            if dcr is not None:
+                evidence.dcr_closer_to_training += int(round(dcr["share_closer_to_training"] * dcr["n_images"]))
+                evidence.dcr_n += dcr["n_images"]
         tiles = np.flatnonzero(np.isin(idx, preview_set))
         if len(tiles):
             evidence.preview["index"].append(idx[tiles])

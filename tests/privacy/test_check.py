@@ -9,8 +9,8 @@ import numpy as np
 from PIL import Image
 from typer.testing import CliRunner
 
+from cli import app
 from models.bundle import bundle_bytes, untrained_bundle
-from models.privacy.check import privacy_app
 from models.privacy.reid import bundle_verifier, fit_linear
 from models.trainset import write_trainset
 from tests.privacy.conftest import smooth_base
@@ -38,7 +38,7 @@ def test_privacy_check_reports_a_planted_copy_and_a_same_patient_image(tmp_path)
     (folder / "notes.txt").write_text("not an image")
 
     out = tmp_path / "report.json"
-    res = CliRunner().invoke(privacy_app, ["check", str(folder), "--trainset", str(tmp_path / "trainset"),
+    res = CliRunner().invoke(app, ["privacy", "check", str(folder), "--trainset", str(tmp_path / "trainset"),
                                            "--bundle", str(tmp_path / "bundle.pt"), "--out", str(out)])
     assert res.exit_code == 0, res.output
     report = json.loads(out.read_text())
@@ -58,7 +58,7 @@ def test_privacy_check_reports_a_planted_copy_and_a_same_patient_image(tmp_path)
 def test_privacy_check_refuses_a_folder_that_is_not_a_training_set(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "notaset").mkdir()
-    res = CliRunner().invoke(privacy_app, ["check", str(tmp_path / "images"), "--trainset", str(tmp_path / "notaset"),
+    res = CliRunner().invoke(app, ["privacy", "check", str(tmp_path / "images"), "--trainset", str(tmp_path / "notaset"),
                                            "--out", str(tmp_path / "r.json")])
     assert res.exit_code != 0 and "trainset.json" in res.output
     assert not (tmp_path / "r.json").exists()
