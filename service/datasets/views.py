@@ -14,9 +14,9 @@ from service.datasets.schemas import (
     RetryRequest,
     RevokeRequest,
 )
-from service.deps import AdminDep, CallerDep, ResearcherDep, SessionDep
+from service.deps import AdminDep, CallerDep, ResearcherDep, SessionDep, UnitOfWorkRoute
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], route_class=UnitOfWorkRoute)
 
 
 @router.post("", status_code=202, response_model=DatasetPublic, summary="Request a synthetic dataset (goes to review)")
