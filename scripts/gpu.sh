@@ -32,7 +32,7 @@ bench() {
     return 0
   fi
   local before; before=$(find bench/out -name 'pipeline-*.json' 2>/dev/null | wc -l)
-  xraysynth bench pipeline --n-images "$n" --batch "$batch" --encode-processes "$(nproc)" \
+  xraysynth bench pipeline --n-images "$n" --batch "$batch" --encode-processes "$(nproc --all)" \
     --bundle models/checkpoints/default/bundle.pt 2>&1 | tee "$OUT/bench.txt"
   [ "$(find bench/out -name 'pipeline-*.json' 2>/dev/null | wc -l)" -gt "$before" ] || { echo "bench wrote no result"; return 1; }
   local latest; latest=$(ls -t bench/out/pipeline-*.json | head -n 1)
@@ -64,7 +64,7 @@ case "${1:-}" in
     work=$(mktemp -d)
     "$PY" -m models.gpu_pack unpack --pack runs/gpu/pack.npz --out "$work/trainset"
     "$PY" -m models.ablation --trainset "$work/trainset" --out "$work/ablation" --steps "${2:-2000}" \
-      --batch "${3:-128}" --device "$DEVICE" --threads "$(nproc)"
+      --batch "${3:-128}" --device "$DEVICE" --threads "$(nproc --all)"
     mkdir -p "$OUT" && cp "$work/ablation/ablation.json" "$OUT/ablation.json" ;;
   bench)
     bench "${2:-1024}" ;;
