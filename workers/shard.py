@@ -115,7 +115,8 @@ def run_shard(dataset_id: uuid.UUID, shard_index: int) -> str:
         if outcome == DatasetStatus.cancelled.value:
             cleanup.discard_outputs(dataset_id)
         if outcome == "recorded":
-            metrics.shard_recorded(job.stop - job.start, {"copy": output.evidence.n_rejected})
+            metrics.shard_recorded(job.stop - job.start, {"copy": output.evidence.n_rejected_copy,
+                                                           "reid": output.evidence.n_rejected_reid})
             leases.reset_starts(job_name)
             log.info("dataset %s shard %d: %d images (%d rejected by the filter) in %.1f s, sha256 %s",
                      dataset_id, shard_index, job.stop - job.start, output.evidence.n_rejected,
