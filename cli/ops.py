@@ -271,6 +271,18 @@ def bench_pipeline(ctx: typer.Context) -> None:
                                                     standalone_mode=True)
 
 
+@bench_app.command(
+    "api",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def bench_api(ctx: typer.Context) -> None:
+    """The API under 100 concurrent clients against a bare FastAPI app (service.bench); options are the bench's own."""
+    from service.bench import api_app  # lazy: keeps the root CLI cheap (the bench pulls in FastAPI, psycopg)
+
+    typer.main.get_command(api_app).main(args=list(ctx.args), prog_name="xraysynth bench api", standalone_mode=True)
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root CLI."""
     app.command()(migrate)
