@@ -18,11 +18,13 @@ class MemorisationError(RuntimeError):
     """An image stayed too close to the training set after every allowed attempt. The message
     carries image indices and scores only - never pixels - so it can go into a dataset's error."""
 
-    def __init__(self, image_indices, scores, nearest_image_ids, max_attempts: int):
+    def __init__(self, image_indices, scores, nearest_image_ids, max_attempts: int, checks=None):
         self.image_indices = [int(i) for i in image_indices]
         self.scores = [float(s) for s in scores]
         self.nearest_image_ids = [str(s) for s in nearest_image_ids]
-        shown = ", ".join(f"{i} (score {s:.3f})" for i, s in list(zip(self.image_indices, self.scores))[:10])
+        self.checks = [str(c) for c in checks] if checks is not None else ["copy"] * len(self.image_indices)
+        shown = ", ".join(f"{i} ({'copy score ' + format(s, '.3f') if c == COPY else 'same patient by the verifier'})"
+                          for i, s, c in list(zip(self.image_indices, self.scores, self.checks))[:10])
         more = f" and {len(self.image_indices) - 10} more" if len(self.image_indices) > 10 else ""
         super().__init__(
             f"{len(self.image_indices)} image(s) still matched a training image after {max_attempts} "
@@ -176,7 +178,8 @@ def filter_and_replace(generate_fn, index, calibration, image_indices, max_attem
             # Any rejected image at its last attempt fails the batch: nothing half-filtered is released.
             last = bad[attempts[pending[bad]] + 1 >= max_attempts]
             raise MemorisationError(
-                idx[pending[last]], res.score[last], index.image_ids[res.nearest_index[last].clip(min=0)], max_attempts
+                idx[pending[last]], res.score[last], index.image_ids[res.nearest_index[last].clip(min=0)], max_attempts,
+                checks=res.check[last],
             )
         pending = pending[bad]
         attempts[pending] += 1
