@@ -69,7 +69,10 @@ def _on_child_start(**_):
 def _start_sweeper(**_):
     global _sweeper, _heartbeat
 
-    metrics.serve(get_settings().worker_metrics_port)  # here, not at init: logging is set up by now
+    # Here, not at init: logging is set up by now. A development box keeps the port to itself; a
+    # deployment's Prometheus scrapes it from another container (never a published port).
+    settings = get_settings()
+    metrics.serve(settings.worker_metrics_port, addr="127.0.0.1" if settings.is_development else "0.0.0.0")
     _sweeper = SweeperThread()
     _sweeper.start()
     log.info("sweeper running every %.0f s", _sweeper.interval)
