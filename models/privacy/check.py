@@ -61,7 +61,9 @@ def check_folder(images_dir, trainset_dir, bundle_path=None, progress=None) -> d
     raw = bundle_path.read_bytes()
     bundle = load_bundle(raw)
     trainset = load_trainset(trainset_dir)
-    index = build_privacy_index(bundle, trainset)
+    cal_d = ((bundle.card or {}).get("privacy") or {}).get("calibration") or {}
+    known = (cal_d.get("index_meta") or {}).get("trainset_fingerprint") == trainset.fingerprint and "pixel_scale" in cal_d
+    index = build_privacy_index(bundle, trainset, scales=(cal_d["pixel_scale"], cal_d["embed_scale"]) if known else None)
     cal, cal_source = _calibration(bundle, index, trainset)
     files, pixels, skipped = [], [], []
     for f in _files(images_dir):

@@ -487,9 +487,11 @@ class PrivacyIndex:
             )
 
 
-def build_privacy_index(bundle, trainset, split: str | None = "train", *, batch_size: int = 256) -> PrivacyIndex:
+def build_privacy_index(bundle, trainset, split: str | None = "train", *, batch_size: int = 256,
+                        scales: tuple[float, float] | None = None) -> PrivacyIndex:
     """Index every image of ``split`` in ``trainset`` (every image if ``split`` is None) with
-    ``bundle.classifier``'s embeddings."""
+    ``bundle.classifier``'s embeddings. ``scales`` (pixel, embedding) skips their self-search when a
+    calibration of this very index already holds them."""
     n_all = len(trainset.images)
     rows = np.arange(n_all) if split is None else np.flatnonzero(np.asarray(trainset.splits).astype(str) == split)
     if len(rows) == 0:
@@ -519,6 +521,8 @@ def build_privacy_index(bundle, trainset, split: str | None = "train", *, batch_
         rows=rows,
         sources=sources,
         meta={**meta, **({"reid_kind": reid_kw["reid_payload"]["kind"]} if reid_kw else {})},
+        pixel_scale=None if scales is None else scales[0],
+        embed_scale=None if scales is None else scales[1],
         source_images=images,
         **reid_kw,
     )
