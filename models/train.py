@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .augment import parse_policy, translate
 from .bundle import DEFAULT_CONFIG, save_bundle
@@ -54,6 +55,7 @@ from .gan_checkpoint import (
     warm_start,
 )
 from .gan_steps import GanState, Recipe, dp_gan_step, gan_step, recalibrate_bn
+from .imaging import grid
 from .metrics import frechet_distance
 from .networks import Classifier, Discriminator, Generator
 from .registry import build_card
@@ -338,10 +340,6 @@ def _package(cfg, st, ts, classifier, calib_labels, run, engine, dp_info, wall_s
 
 def _save_samples(G_ema, n_classes: int, path: Path, seed: int, device, per_class: int = 6) -> None:
     """One row per condition (one-hot), fixed latents: watch training progress by eye."""
-    from PIL import Image
-
-    from .imaging import grid
-
     labels = np.repeat(np.eye(n_classes, dtype=np.float32), per_class, axis=0)
     imgs = generate_images(G_ema, labels, seed=seed + 4242, device=device)
     Image.fromarray(grid(imgs, per_class)).save(path)
