@@ -240,6 +240,7 @@ def calibrate_reid(index, trainset, images, target_flag_rate: float = 0.01) -> d
     ``target_flag_rate`` of *new patients'* images (val + test of the training set, patients the
     generator never saw) by their nearest training image. Without held-out images it falls back to
     training images against other training patients, and says so."""
+    # lazy: loaded on first use, so importing models.privacy stays torch-free
     from models.privacy.reid_eval import nearest, threshold_for_flag_rate
 
     if not index.has_reid or images is None:

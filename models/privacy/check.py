@@ -36,6 +36,7 @@ def _files(images_dir: Path) -> list[Path]:
 
 def _calibration(bundle, index, trainset):
     """The card's calibration if it was made on this training set, else a fresh one."""
+    # lazy: loaded when the command runs, so mounting it keeps `xraysynth --help` torch-free
     from models.privacy import Calibration, calibrate
 
     priv = (bundle.card or {}).get("privacy") or {}
@@ -50,6 +51,7 @@ def _calibration(bundle, index, trainset):
 
 def check_folder(images_dir, trainset_dir, bundle_path=None, progress=None) -> dict:
     """Per-image rows + summary (see the command). ``progress(n_done, n_total)`` is called per batch."""
+    # lazy: loaded when the command runs, so mounting it keeps `xraysynth --help` torch-free
     from models.bundle import load_bundle
     from models.imaging import prepare
     from models.ingest import Skip, read_any

@@ -79,6 +79,7 @@ def classifier_embeddings(classifier, pixels_uint8: np.ndarray, *, batch_size: i
     """
     import torch
 
+    # lazy: loaded on first use, so importing models.privacy stays torch-free
     from models.imaging import from_uint8
 
     param = next(classifier.parameters())

@@ -374,6 +374,7 @@ class PrivacyIndex:
 
     @property
     def reid_space(self):
+        # lazy: loaded on first use, so importing models.privacy stays torch-free
         from models.privacy.reid import space_from_payload
 
         if self._reid_space is None and self.reid_payload is not None:
@@ -383,6 +384,7 @@ class PrivacyIndex:
     def nearest_reid(self, pixels_uint8, *, rows=None, against=None) -> tuple[np.ndarray, np.ndarray]:
         """Verifier distance of each query to its nearest row (or to ``against`` vectors) ->
         (distance [B], row [B]; the row indexes ``rows`` when given)."""
+        # lazy: loaded on first use, so importing models.privacy stays torch-free
         from models.privacy.reid_eval import nearest
 
         if not self.has_reid:
@@ -530,6 +532,7 @@ def build_privacy_index(bundle, trainset, split: str | None = "train", *, batch_
 
 def _reid_vectors(payload, trainset, images, split, n_rows: int) -> dict:
     """The verifier's vectors of the indexed images and of the held-out (val+test) images."""
+    # lazy: loaded on first use, so importing models.privacy stays torch-free
     from models.privacy.reid import space_from_payload
 
     space = space_from_payload(payload)

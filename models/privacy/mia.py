@@ -116,6 +116,7 @@ def generate_images(bundle, labels: np.ndarray, *, seed: int, batch_size: int = 
     ``latent_batch(seed, i, 0)`` (the worker's determinism rule)."""
     import torch
 
+    # lazy: loaded on first use, so importing models.privacy stays torch-free
     from models.imaging import to_uint8
     from models.latents import latent_batch
 
@@ -134,6 +135,7 @@ def generate_images(bundle, labels: np.ndarray, *, seed: int, batch_size: int = 
 def discriminator_scores(discriminator, images_uint8: np.ndarray, labels: np.ndarray, *, batch_size: int = 256):
     import torch
 
+    # lazy: loaded on first use, so importing models.privacy stays torch-free
     from models.imaging import from_uint8
 
     dev = next(discriminator.parameters()).device

@@ -31,6 +31,7 @@ def _generate_fn(bundle, seed: int, labels_for):
     """The worker's generate_fn shape: (indices, attempts) -> (uint8 pixels, embeddings, None)."""
     import torch
 
+    # lazy: loaded on first use, so importing models.privacy stays torch-free
     from models.imaging import to_uint8
     from models.latents import latent_batch
     from models.privacy.features import classifier_embeddings
@@ -52,6 +53,7 @@ def filter_generated(bundle, index, calibration, *, n: int, seed: int, max_attem
     The loop is spelled out here (rather than calling filter_and_replace) so that one image failing
     every attempt does not hide the statistics of the rest: the report counts it as a failure.
     """
+    # lazy: loaded on first use, so importing models.privacy stays torch-free
     from models.privacy.filter import memorisation_filter
 
     n_cond = len(bundle.conditions)
@@ -115,6 +117,7 @@ def filter_generated(bundle, index, calibration, *, n: int, seed: int, max_attem
 
 def heldout_check(bundle, index, calibration, trainset) -> dict:
     """Real val+test images through the filter: new patients, so every flag is a false positive."""
+    # lazy: loaded on first use, so importing models.privacy stays torch-free
     from models.privacy.features import classifier_embeddings
     from models.privacy.filter import memorisation_filter
 
@@ -132,6 +135,7 @@ def heldout_check(bundle, index, calibration, trainset) -> dict:
 def run(args) -> dict:
     import torch
 
+    # lazy: loaded on first use, so importing models.privacy stays torch-free
     from models.bundle import load_bundle
     from models.privacy import build_privacy_index, calibrate, evidence_payload, membership_inference
     from models.trainset import load_trainset
@@ -267,6 +271,7 @@ def card_section(report: dict) -> dict:
 
 
 def write_card_section(bundle_path, report: dict) -> None:
+    # lazy: loaded on first use, so importing models.privacy stays torch-free
     from models.bundle import load_bundle, write_atomic
     from models.registry import with_card
 
