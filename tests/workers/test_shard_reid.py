@@ -19,6 +19,7 @@ from service.layout import image_blocks
 from tests.privacy.test_reid import known_patients
 from tests.workers.conftest import PLANT_SEED
 from workers.device import prepare_for_inference
+from workers.evidence import _checks, _reid_pairs
 from workers.model_store import LoadedModel
 from workers.produce import CLOSEST_K, ShardJob, produce_shard
 
@@ -52,6 +53,16 @@ def test_every_image_is_checked_both_ways_and_the_verifier_evidence_stays_privat
     assert len(frag["reid_distance"]) == k and np.all(np.diff(frag["reid_distance"]) >= 0)
     assert np.all(frag["reid_distance"] >= loaded.calibration.reid_threshold)  # released images passed the check
     assert frag["reid_pixels"].shape == (k, 128, 128) and (frag["reid_row"] >= 0).all()
+
+    # The admin evidence: the closest verifier pairs with their place among new patients' distances.
+    table = {"condition": np.array([r[3] for r in result.rows])}
+    pairs, order, rows = _reid_pairs(loaded.calibration, loaded.privacy_index, table, frag)
+    assert [p["index"] for p in pairs] == frag["reid_index"][order].tolist() and len(pairs) == min(8, k)
+    assert all(p["distance"] >= p["threshold"] and 0.0 <= p["new_patients_closer"] <= 1.0 for p in pairs)
+    assert all(p["nearest_image_id"] in set(loaded.privacy_index.image_ids) for p in pairs)
+    checks = _checks(loaded.calibration, frag, pairs)
+    assert checks["reidentification"]["n_rejected"] == ev.n_rejected_reid and checks["copy"]["n_rejected"] == ev.n_rejected_copy
+    assert "share_closer_to_training" not in checks["dcr"]
 
     # The released shard: images, heatmaps and per-image JSON only - no verifier figure, no real neighbour.
     with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tar:
