@@ -129,3 +129,16 @@ def test_the_index_keeps_its_verifier_through_save_and_load(reid_setup, patients
     q = patients[0].images[:5]
     np.testing.assert_allclose(back.nearest_reid(q)[0], index.nearest_reid(q)[0], atol=2e-3)
     assert back.dcr_share(q)["n_heldout_images"] == len(index.holdout_reid)
+
+
+def test_a_bundle_keeps_its_verifier_when_its_card_is_rewritten(verifier):
+    from models.bundle import bundle_bytes, load_bundle
+    from models.registry import with_card
+
+    b = untrained_bundle(seed=0)
+    data = bundle_bytes(generator=b.generator, classifier=b.classifier, discriminator=b.discriminator,
+                        conditions=b.conditions, config=b.config, card=b.card, verifier=bundle_verifier(verifier))
+    again = load_bundle(with_card(data, {"name": "rewritten"})[0])
+    assert again.card == {"name": "rewritten"} and again.verifier["kind"] == "linear"
+    assert again.verifier["projection"].dtype.is_floating_point and again.verifier["projection"].itemsize == 2  # fp16
+    np.testing.assert_allclose(again.verifier["projection"].float().numpy(), verifier.projection, atol=1e-2, rtol=1e-2)
