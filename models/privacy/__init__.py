@@ -8,6 +8,7 @@
 Nothing here touches CUDA at import; torch is imported inside the functions that need it.
 """
 
+from models.privacy.build import build_privacy_index
 from models.privacy.calibration import MIN_THRESHOLD, Calibration, calibrate
 from models.privacy.evidence import evidence_payload, render_pairs_png
 from models.privacy.filter import (
@@ -17,7 +18,7 @@ from models.privacy.filter import (
     filter_and_replace,
     memorisation_filter,
 )
-from models.privacy.index import Nearest, PrivacyIndex, build_privacy_index
+from models.privacy.index import Nearest, PrivacyIndex
 from models.privacy.mia import membership_inference, roc_auc
 
 __all__ = [

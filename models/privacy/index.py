@@ -31,14 +31,12 @@ import numpy as np
 
 from models.privacy.features import (
     NO_SHIFT,
-    PIXEL_SIZE,
     SHIFTS,
     as_uint8_images,
-    classifier_embeddings,
-    l2_normalise,
     pixel_features,
     shift_images,
 )
+from models.privacy.index_reid import ReidSpaceMixin
 
 FORMAT_VERSION = 2  # 2 adds the re-identification verifier and its vectors; 1 still loads
 READABLE_VERSIONS = (1, 2)
@@ -89,7 +87,7 @@ def classifier_digest(classifier) -> str:
     return h.hexdigest()
 
 
-class PrivacyIndex:
+class PrivacyIndex(ReidSpaceMixin):
     """Training-set features for the memorisation audit. Arrays are numpy on the host; ``to(device)``
     picks where the search runs (torch tensors are made lazily, so importing or loading never
     touches CUDA).
@@ -366,44 +364,6 @@ class PrivacyIndex:
         # A floor keeps a degenerate set (all images equal) from dividing by zero.
         return max(float(torch.cat(dps).median()), 1e-3), max(float(torch.cat(des).median()), 1e-3)
 
-    # -- re-identification space --------------------------------------------------------------
-
-    @property
-    def has_reid(self) -> bool:
-        return self.reid is not None and self.reid_payload is not None
-
-    @property
-    def reid_space(self):
-        # lazy: loaded on first use, so importing models.privacy stays torch-free
-        from models.privacy.reid import space_from_payload
-
-        if self._reid_space is None and self.reid_payload is not None:
-            self._reid_space = space_from_payload(self.reid_payload)
-        return self._reid_space
-
-    def nearest_reid(self, pixels_uint8, *, rows=None, against=None) -> tuple[np.ndarray, np.ndarray]:
-        """Verifier distance of each query to its nearest row (or to ``against`` vectors) ->
-        (distance [B], row [B]; the row indexes ``rows`` when given)."""
-        # lazy: loaded on first use, so importing models.privacy stays torch-free
-        from models.privacy.reid_eval import nearest
-
-        if not self.has_reid:
-            raise ValueError("this privacy index has no re-identification verifier")
-        q = self.reid_space.query(as_uint8_images(pixels_uint8))
-        x = against if against is not None else (self.reid if rows is None else self.reid[rows])
-        return nearest(q, x)
-
-    def dcr_share(self, pixels_uint8) -> dict | None:
-        """Share of images closer (verifier distance) to a training image than to a held-out one,
-        with the training side a random subset as large as the held-out set: ~50 % is what a
-        generator that memorised nobody gives."""
-        if not self.has_reid or self.holdout_reid is None or self.dcr_rows is None or len(pixels_uint8) == 0:
-            return None
-        d_train, _ = self.nearest_reid(pixels_uint8, rows=self.dcr_rows)
-        d_hold, _ = self.nearest_reid(pixels_uint8, against=self.holdout_reid)
-        return {"share_closer_to_training": float(np.mean(d_train < d_hold)), "n_images": int(len(d_train)),
-                "n_training_images": int(len(self.dcr_rows)), "n_heldout_images": int(len(self.holdout_reid))}
-
     # -- persistence --------------------------------------------------------------------------
 
     def save(self, path) -> None:
@@ -429,36 +389,6 @@ class PrivacyIndex:
             path.write(data)
         else:
             Path(path).write_bytes(data)
-
-    def _reid_arrays(self) -> dict:
-        if not self.has_reid:
-            return {}
-        p = self.reid_payload
-        out = {"reid": self.reid, "reid_kind": np.str_(p["kind"]), "reid_size": np.int64(p.get("size", 32))}
-        for k in ("projection", "offset", "shifts", "angles"):
-            if k in p:
-                v = p[k]
-                out["reid_" + k] = v.float().numpy() if hasattr(v, "float") and hasattr(v, "numpy") else np.asarray(v, dtype=np.float32)
-        out["reid_info_json"] = np.str_(json.dumps(p.get("info") or {}, sort_keys=True))
-        if self.holdout_reid is not None:
-            out["holdout_reid"] = self.holdout_reid
-        if self.dcr_rows is not None:
-            out["dcr_rows"] = self.dcr_rows
-        return out
-
-    @staticmethod
-    def _reid_from(z) -> dict:
-        if "reid" not in z.files:
-            return {}
-        p = {"kind": str(z["reid_kind"]), "size": int(z["reid_size"]), "info": json.loads(str(z["reid_info_json"]))}
-        for k in ("projection", "offset", "angles"):
-            if "reid_" + k in z.files:
-                p[k] = z["reid_" + k]
-        if "reid_shifts" in z.files:
-            p["shifts"] = [tuple(int(v) for v in s) for s in z["reid_shifts"].tolist()]
-        return {"reid": z["reid"], "reid_payload": p,
-                "holdout_reid": z["holdout_reid"] if "holdout_reid" in z.files else None,
-                "dcr_rows": z["dcr_rows"] if "dcr_rows" in z.files else None}
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
@@ -487,60 +417,3 @@ class PrivacyIndex:
                 meta=json.loads(str(z["meta_json"])),
                 **cls._reid_from(z),
             )
-
-
-def build_privacy_index(bundle, trainset, split: str | None = "train", *, batch_size: int = 256,
-                        scales: tuple[float, float] | None = None) -> PrivacyIndex:
-    """Index every image of ``split`` in ``trainset`` (every image if ``split`` is None) with
-    ``bundle.classifier``'s embeddings. ``scales`` (pixel, embedding) skips their self-search when a
-    calibration of this very index already holds them."""
-    n_all = len(trainset.images)
-    rows = np.arange(n_all) if split is None else np.flatnonzero(np.asarray(trainset.splits).astype(str) == split)
-    if len(rows) == 0:
-        raise ValueError(f"training set has no images in split {split!r}")
-    images = np.asarray(trainset.images)[rows]
-    ids = getattr(trainset, "image_ids", None)
-    image_ids = np.asarray(ids).astype(str)[rows] if ids is not None else np.array([f"row{r}" for r in rows])
-    srcs = getattr(trainset, "sources", None)
-    sources = np.asarray(srcs).astype(str)[rows] if srcs is not None else np.full(len(rows), "")
-    patient_ids = np.asarray(trainset.patient_ids).astype(str)[rows]
-    emb = classifier_embeddings(bundle.classifier, images, batch_size=batch_size)
-    reid_kw = _reid_vectors(getattr(bundle, "verifier", None), trainset, images, split, len(rows))
-    meta = {
-        "split": split,
-        "n_images": int(len(rows)),
-        "n_patients": int(len(np.unique(patient_ids))),
-        "trainset_fingerprint": str(getattr(trainset, "fingerprint", "") or ""),
-        "classifier_sha256": classifier_digest(bundle.classifier),
-        "pixel_size": PIXEL_SIZE,
-        "embed_dim": int(emb.shape[1]),
-    }
-    return PrivacyIndex(
-        pixels=pixel_features(images),
-        embeddings=l2_normalise(emb),
-        patient_ids=patient_ids,
-        image_ids=image_ids,
-        rows=rows,
-        sources=sources,
-        meta={**meta, **({"reid_kind": reid_kw["reid_payload"]["kind"]} if reid_kw else {})},
-        pixel_scale=None if scales is None else scales[0],
-        embed_scale=None if scales is None else scales[1],
-        source_images=images,
-        **reid_kw,
-    )
-
-
-def _reid_vectors(payload, trainset, images, split, n_rows: int) -> dict:
-    """The verifier's vectors of the indexed images and of the held-out (val+test) images."""
-    # lazy: loaded on first use, so importing models.privacy stays torch-free
-    from models.privacy.reid import space_from_payload
-
-    space = space_from_payload(payload)
-    if space is None:
-        return {}
-    splits = np.asarray(trainset.splits).astype(str)
-    held = np.flatnonzero(np.isin(splits, ["val", "test"])) if split == "train" else np.zeros(0, np.int64)
-    hold = space.index(np.asarray(trainset.images)[held]) if len(held) else None
-    rng = np.random.default_rng(0)
-    dcr = np.sort(rng.choice(n_rows, size=min(len(held), n_rows), replace=False)) if len(held) else None
-    return {"reid": space.index(images), "reid_payload": payload, "holdout_reid": hold, "dcr_rows": dcr}
