@@ -17,6 +17,8 @@ above zero, otherwise the card
 and the preview should say its heatmaps are not evidence.
 
     python -m models.faithfulness --bundle models/checkpoints/default/bundle.pt --trainset runs/trainset
+    python -m models.faithfulness --bundle models/checkpoints/default/bundle.pt \
+        --from-json runs/faithfulness_default.json --write-card
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .bundle import load_bundle
+from .bundle import load_bundle, write_atomic
 from .gradcam import gradcam_batch
 from .latents import latent_batch
+from .registry import with_card
 from .sampling import images_to_float
 from .trainset import load_trainset
 
@@ -128,6 +131,16 @@ def with_heatmap_faithfulness(card: dict, section: dict) -> dict:
     return {**card, "heatmaps": section}
 
 
+def write_card_section(bundle_path, section: dict) -> None:
+    """Put the entry into a bundle's card (weights, fp16 and verifier kept) and into card.json beside it."""
+    b = load_bundle(bundle_path)
+    card = with_heatmap_faithfulness(dict(b.card), section)
+    write_atomic(bundle_path, with_card(bundle_path, card)[0])
+    card_path = Path(bundle_path).with_name("card.json")
+    if card_path.exists():
+        card_path.write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
+
+
 def _fmt(x) -> str:
     return "-" if x is None else f"{x:+.3f}"
 
@@ -135,15 +148,24 @@ def _fmt(x) -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", required=True)
-    p.add_argument("--trainset", required=True)
+    p.add_argument("--trainset", help="needed unless --from-json")
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--out", default="runs/faithfulness.json")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--from-json", help="card entry measured before (the --out of an earlier run): write it, measure nothing")
+    p.add_argument("--write-card", action="store_true", help="put the entry into the bundle's card and card.json beside it")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    res = card_section(measure(load_bundle(a.bundle), a.trainset, a.n))
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(res, indent=2))
+    if a.from_json:
+        res = json.loads(Path(a.from_json).read_text())
+    elif not a.trainset:
+        p.error("--trainset is needed to measure (or pass --from-json)")
+    else:
+        res = card_section(measure(load_bundle(a.bundle), a.trainset, a.n))
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(res, indent=2))
+    if a.write_card:
+        write_card_section(a.bundle, res)
     print(f"{'condition':20s} {'empty syn':>9s} {'empty real':>10s} {'margin syn':>10s} {'margin real':>11s}  informative")
     for c, v in res["conditions"].items():
         r, s = v["real"] or {}, v["synthetic"]

@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 from cli.hospital import SHIPPED_MAX_BYTES, default_checkpoint_dir  # noqa: E402
 from models.bundle import load_bundle  # noqa: E402
 from models.conditions import CONDITIONS  # noqa: E402
+from models.faithfulness import MAX_EMPTY_SHARE  # noqa: E402
 
 CKPT = default_checkpoint_dir()
 
@@ -47,3 +48,17 @@ def test_card_json_is_the_bundles_card_with_licences_metrics_and_caveats():
     assert fd["floor"] > 0 and fd["fd"] > 0 and fd["n_synthetic"] > 0
     assert card["privacy"]["calibration"]["threshold"] > 0
     assert card["privacy"]["filter_on_generated"]["n_images"] >= 10_000
+
+
+def test_shipped_card_says_for_every_condition_whether_its_heatmaps_mean_anything():
+    hm = json.loads((CKPT / "card.json").read_text())["heatmaps"]
+    assert sorted(hm["conditions"]) == sorted(CONDITIONS)
+    for c, v in hm["conditions"].items():
+        syn = v["synthetic"]
+        assert 0.0 <= syn["empty_share"] <= 1.0 and syn["n"] > 0
+        # A condition is labelled informative only by the rule the card states, from its own figures.
+        margin_clears_noise = syn.get("margin") is not None and syn["margin"] - 2 * syn["margin_se"] > 0
+        assert v["informative"] == (syn["empty_share"] <= MAX_EMPTY_SHARE and margin_clears_noise), c
+    assert sorted(hm["uninformative_conditions"]) == sorted(c for c, v in hm["conditions"].items() if not v["informative"])
+    # All-empty heatmaps (no evidence anywhere) can never count as informative.
+    assert {c for c, v in hm["conditions"].items() if v["synthetic"]["empty_share"] == 1.0} <= set(hm["uninformative_conditions"])
