@@ -79,6 +79,8 @@ class PublicModelCard(BaseModel):
     how_to_cite: Any = None
     metrics: Any = None
     differential_privacy: Any = None
+    # per-condition shares of empty heatmaps and deletion margins: aggregates only, no image
+    heatmaps: Any = None
     created_at: Any = None
     training_data: PublicTrainingData | None = None
 

@@ -14,6 +14,7 @@ from cli.hospital import SHIPPED_MAX_BYTES, default_checkpoint_dir  # noqa: E402
 from models.bundle import load_bundle  # noqa: E402
 from models.conditions import CONDITIONS  # noqa: E402
 from models.faithfulness import MAX_EMPTY_SHARE  # noqa: E402
+from service.modelversions.service import researcher_card  # noqa: E402
 
 CKPT = default_checkpoint_dir()
 
@@ -62,3 +63,11 @@ def test_shipped_card_says_for_every_condition_whether_its_heatmaps_mean_anythin
     assert sorted(hm["uninformative_conditions"]) == sorted(c for c, v in hm["conditions"].items() if not v["informative"])
     # All-empty heatmaps (no evidence anywhere) can never count as informative.
     assert {c for c, v in hm["conditions"].items() if v["synthetic"]["empty_share"] == 1.0} <= set(hm["uninformative_conditions"])
+
+
+def test_researchers_see_which_conditions_heatmaps_are_uninformative_but_not_the_training_config():
+    card = json.loads((CKPT / "card.json").read_text())
+    public = researcher_card(card)
+    assert public["heatmaps"]["uninformative_conditions"] == card["heatmaps"]["uninformative_conditions"]
+    assert public["heatmaps"]["conditions"]["Cardiomegaly"]["synthetic"]["empty_share"] == 1.0
+    assert "config" not in public and "training" not in public
