@@ -47,17 +47,10 @@ def generated_check(bundle, index, cal, n: int, seed: int = 0) -> dict:
     """The bundle's own images (n / C per condition, first attempt, as a worker makes them)."""
     # lazy: loaded on first use, so importing models.privacy stays torch-free
     from models.privacy.filter import COPY, REID, memorisation_filter
-    from models.privacy.report import _generate_fn
+    from models.privacy.report import balanced_conditions, balanced_generate_fn
 
-    n_cond = len(bundle.conditions)
-    cond_of = np.arange(n) * n_cond // n
-
-    def labels_for(indices):
-        y = np.zeros((len(indices), n_cond), dtype=np.float32)
-        y[np.arange(len(indices)), cond_of[indices]] = 1.0
-        return y
-
-    gen = _generate_fn(bundle, seed, labels_for)
+    cond_of = balanced_conditions(n, len(bundle.conditions))
+    gen = balanced_generate_fn(bundle, seed, n)
     checks, pixels = [], []
     for s in range(0, n, 500):
         idx = np.arange(s, min(s + 500, n))

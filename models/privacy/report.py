@@ -46,6 +46,24 @@ def _generate_fn(bundle, seed: int, labels_for):
     return generate_fn
 
 
+def balanced_conditions(n: int, n_cond: int) -> np.ndarray:
+    """Condition of each of ``n`` images in contiguous blocks of n / C each, as in a dataset."""
+    return np.arange(n) * n_cond // n
+
+
+def balanced_generate_fn(bundle, seed: int, n: int):
+    """``_generate_fn`` for the images of ``balanced_conditions``."""
+    n_cond = len(bundle.conditions)
+    cond_of = balanced_conditions(n, n_cond)
+
+    def labels_for(indices):
+        y = np.zeros((len(indices), n_cond), dtype=np.float32)
+        y[np.arange(len(indices)), cond_of[indices]] = 1.0
+        return y
+
+    return _generate_fn(bundle, seed, labels_for)
+
+
 def filter_generated(bundle, index, calibration, *, n: int, seed: int, max_attempts: int = 8, shard: int = 1000) -> dict:
     """Generate ``n`` images (n / C per condition, contiguous blocks as in a dataset) and run the
     filter as the worker does: flagged images are regenerated with attempt + 1, up to max_attempts.
@@ -56,15 +74,8 @@ def filter_generated(bundle, index, calibration, *, n: int, seed: int, max_attem
     # lazy: loaded on first use, so importing models.privacy stays torch-free
     from models.privacy.filter import memorisation_filter
 
-    n_cond = len(bundle.conditions)
-    cond_of = np.arange(n) * n_cond // n
-
-    def labels_for(indices):
-        y = np.zeros((len(indices), n_cond), dtype=np.float32)
-        y[np.arange(len(indices)), cond_of[indices]] = 1.0
-        return y
-
-    gen = _generate_fn(bundle, seed, labels_for)
+    cond_of = balanced_conditions(n, len(bundle.conditions))
+    gen = balanced_generate_fn(bundle, seed, n)
     attempts = np.zeros(n, dtype=np.int64)
     scores = np.full(n, np.nan, dtype=np.float32)
     nearest = np.full(n, -1, dtype=np.int64)

@@ -36,6 +36,16 @@ def record(session: Session, *, actor: Actor, action: str, target_type: str, tar
     return event
 
 
+def actor_filter(actor: str | None) -> tuple[uuid.UUID | None, str | None]:
+    """The audit log's actor filter: an account id if it parses as one, else an actor name."""
+    if not actor:
+        return None, None
+    try:
+        return uuid.UUID(actor), None
+    except ValueError:
+        return None, actor
+
+
 def list_events(
     session: Session,
     *,

@@ -1,13 +1,12 @@
 from __future__ import annotations
 
-import uuid
 from datetime import UTC
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from service.audit.schemas import AuditPage
-from service.audit.service import list_events
+from service.audit.service import actor_filter, list_events
 from service.deps import AdminDep, SessionDep, UnitOfWorkRoute
 from service.reviews.service import visible_details
 from service.text import IsoDateTime, line
@@ -34,12 +33,7 @@ def audit_log(
 ):
     # A timestamp without a zone means UTC (the log is stored in UTC).
     since, until = (t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t for t in (since, until))
-    actor_id, actor_name = None, None
-    if actor:
-        try:
-            actor_id = uuid.UUID(actor)
-        except ValueError:
-            actor_name = actor
+    actor_id, actor_name = actor_filter(actor)
     events = list_events(session, action=action, target_id=target_id, actor_id=actor_id, actor_name=actor_name,
                          since=since, until=until, limit=limit, before_id=before_id)
     seen = visible_details(session, viewer=caller.account, events=events)

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from service.accounts import service as accounts_service
 from service.accounts.schemas import AccountCreate, AccountUpdate
-from service.audit.service import list_events
+from service.audit.service import actor_filter, list_events
 from service.console.deps import AdminPage, CheckedForm, field_errors
 from service.console.render import PageRoute, redirect, render
 from service.console.sessions import ConsoleCaller
@@ -134,12 +134,7 @@ def audit(request: Request, session: SessionDep, caller: AdminPage, action: str 
           actor: str = "", since: str = "", until: str = "",
           before_id: int | None = Query(None, ge=1, le=2**63 - 1)):
     action, target_id, actor = action.strip()[:64], target_id.strip()[:64], actor.strip()[:120]
-    actor_id, actor_name = None, None
-    if actor:
-        try:
-            actor_id = uuid.UUID(actor)
-        except ValueError:
-            actor_name = actor
+    actor_id, actor_name = actor_filter(actor)
     events = list_events(session, action=action or None, target_id=target_id or None, actor_id=actor_id,
                          actor_name=actor_name, since=_when(since), until=_when(until), limit=AUDIT_PAGE,
                          before_id=before_id)
