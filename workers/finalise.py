@@ -29,7 +29,7 @@ from workers import cleanup, leases, outages, retry, state
 from workers.card import build_card, render_card_md
 from workers.evidence import build_evidence
 from workers.manifest import NotReleasable, load_fragments, write_manifest
-from workers.preview import render_preview
+from workers.preview import render_preview, uninformative_heatmaps
 
 log = logging.getLogger("xraysynth.worker.finalise")
 
@@ -89,7 +89,7 @@ def _finalise(dataset_id: uuid.UUID) -> str:
         manifest_sha = retry.sha256_file(manifest)
         fragments = load_fragments(dataset_id, shards, hooks)
         evidence, pairs_png, filter_summary = build_evidence(ds, mv, table, fragments, blocks)
-        preview_png = render_preview(blocks, fragments)
+        preview_png = render_preview(blocks, fragments, uninformative=uninformative_heatmaps(mv.card))
         card = build_card(ds, mv, shards, reviews, table, filter_summary, blocks,
                           manifest=(manifest_sha, manifest_size))
         card_json = (json.dumps(card, indent=2, sort_keys=False, default=str) + "\n").encode()

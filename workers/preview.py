@@ -1,5 +1,6 @@
 """Finalise: the released preview grid, each synthetic image with its Grad-CAM heatmap underneath
-(full-colour overlays only here; the release itself stores 32x32 single-channel heatmaps)."""
+(full-colour overlays only here; the release itself stores 32x32 single-channel heatmaps). A condition
+whose heatmaps the model card measured as uninformative says so in its band's label."""
 
 from __future__ import annotations
 
@@ -10,6 +11,40 @@ from PIL import Image, ImageDraw
 
 PREVIEW_COLUMNS = 8
 TILE = 128
+# the model card's heatmap faithfulness entry (models.faithfulness.with_heatmap_faithfulness)
+CARD_KEY = "heatmaps"
+
+
+def uninformative_heatmaps(model_card: dict | None) -> dict[str, str]:
+    """Condition -> why its heatmaps are not evidence, for each condition the model card measured as
+    uninformative; conditions the card did not measure are absent."""
+    section = (model_card or {}).get(CARD_KEY)
+    per = section.get("conditions") if isinstance(section, dict) else None
+    out = {}
+    for condition, v in (per or {}).items():
+        if not isinstance(v, dict) or v.get("informative") is not False:
+            continue
+        syn = v.get("synthetic") or {}
+        empty = syn.get("empty_share") if isinstance(syn.get("empty_share"), (int, float)) else 0.0
+        margin, se = syn.get("margin"), syn.get("margin_se") or 0.0
+        points_somewhere = isinstance(margin, (int, float)) and margin - 2 * se > 0
+        if empty >= 1.0:
+            out[condition] = "the classifier finds no evidence"
+        elif points_somewhere:
+            out[condition] = f"{empty:.0%} of them are empty, the classifier often finds no evidence"
+        elif empty > 0:
+            out[condition] = f"{empty:.0%} of them are empty and the region the rest mark matters no more than a random one"
+        else:
+            out[condition] = "the region they mark matters no more than a random one"
+    return out
+
+
+def band_label(condition: str, n: int, uninformative: dict[str, str] | None = None) -> str:
+    """The text above a condition's band in the preview."""
+    why = (uninformative or {}).get(condition)
+    if why is None:
+        return f"{condition}  ({n} images; heatmap below each)"
+    return f"{condition}  ({n} images; heatmaps uninformative for this condition: {why})"
 
 
 def _jet(x: np.ndarray) -> np.ndarray:
@@ -26,15 +61,20 @@ def heatmap_overlay(pixels: np.ndarray, heatmap_u8: np.ndarray, alpha: float = 0
     return np.rint(255 * ((1 - alpha) * gray + alpha * _jet(up))).astype(np.uint8)
 
 
-def render_preview(blocks: list[tuple[str, int]], frag: dict, columns: int = PREVIEW_COLUMNS) -> bytes:
+def render_preview(blocks: list[tuple[str, int]], frag: dict, columns: int = PREVIEW_COLUMNS,
+                   uninformative: dict[str, str] | None = None) -> bytes:
     """One band per condition: a label, a row of synthetic images, and under each its Grad-CAM heatmap
-    for that condition (the layout of Salehinejad et al., ICASSP 2018, with heatmaps added)."""
+    for that condition (the layout of Salehinejad et al., ICASSP 2018, with heatmaps added).
+    ``uninformative`` (from ``uninformative_heatmaps``) names the conditions whose heatmaps are not evidence."""
     pos = {int(i): k for k, i in enumerate(frag["preview_index"])}
     starts = np.concatenate([[0], np.cumsum([n for _, n in blocks])[:-1]])
     cols = max(1, min(columns, max(n for _, n in blocks)))
     gap, label = 4, 16
     band = label + 2 * TILE + gap
-    width = gap + cols * (TILE + gap)
+    labels = [band_label(condition, n, uninformative) for condition, n in blocks]
+    # wide enough for the longest label, so a caveat is never cut off
+    text_width = max(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(t) for t in labels)
+    width = max(gap + cols * (TILE + gap), int(np.ceil(text_width)) + 2 * gap)
     canvas = np.full((gap + len(blocks) * (band + gap), width, 3), 255, np.uint8)
     for b, ((_, n), start) in enumerate(zip(blocks, starts)):
         y0 = gap + b * (band + gap) + label
@@ -48,8 +88,8 @@ def render_preview(blocks: list[tuple[str, int]], frag: dict, columns: int = PRE
             canvas[y0 + TILE : y0 + 2 * TILE, x0 : x0 + TILE] = heatmap_overlay(px, hm)
     im = Image.fromarray(canvas, mode="RGB")
     draw = ImageDraw.Draw(im)
-    for b, (condition, n) in enumerate(blocks):
-        draw.text((gap, gap + b * (band + gap) + 2), f"{condition}  ({n} images; heatmap below each)", fill=(0, 0, 0))
+    for b, text in enumerate(labels):
+        draw.text((gap, gap + b * (band + gap) + 2), text, fill=(0, 0, 0))
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     return buf.getvalue()
