@@ -65,6 +65,8 @@ class DatasetCard(BaseModel):
     metrics: dict | None = None
     privacy: dict | None = None
     training_data: dict | None = None
+    # which requested conditions' heatmaps the model card measured as not evidence, and why
+    heatmap_faithfulness: dict | None = None
     obligations: list[str] | None = None
     files: dict | None = None
     reproduce: str | None = None

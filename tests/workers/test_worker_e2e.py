@@ -18,6 +18,9 @@ import pydicom
 from PIL import Image
 from typer.testing import CliRunner
 
+from models.faithfulness import with_heatmap_faithfulness
+from service.db import session_scope
+from service.modelversions.models import ModelVersion
 from tests.workers.conftest import (
     PLANT_SEED,
     PLANT_SPEC,
@@ -31,6 +34,7 @@ from tests.workers.conftest import (
 )
 
 REPO_RUNS = Path(__file__).resolve().parents[2] / "runs"
+SHIPPED_CARD = Path(__file__).resolve().parents[2] / "models" / "checkpoints" / "default" / "card.json"
 
 
 def cli(*args: str):
@@ -51,6 +55,10 @@ def sha(data: bytes) -> str:
 
 def test_request_to_verified_download(model_version, toy_model, researcher, researcher_b, admin, api, api_server,
                                       start_worker, tmp_path):
+    # the model's card carries the shipped default's heatmap measurement (Atelectasis and Mass uninformative)
+    with session_scope() as s:
+        mv = s.get(ModelVersion, model_version.id)
+        mv.card = with_heatmap_faithfulness(mv.card, json.loads(SHIPPED_CARD.read_text())["heatmaps"])
     png_id = request_dataset(api, researcher, PLANT_SPEC, PLANT_SEED, "png", heatmaps=True)
     dcm_id = request_dataset(api, researcher, {"Mass": 5, "No Finding": 4}, 7, "dicom", heatmaps=False)
     approve(api, admin, png_id)
@@ -111,6 +119,9 @@ def test_request_to_verified_download(model_version, toy_model, researcher, rese
     assert card["training_data"]["share_alike_noncommercial"]["applies"] is True
     assert "CC BY-NC-SA" in (out / "dataset_card.md").read_text()
     assert [a["reviewer"] for a in card["approvals"]] == [admin.name]
+    unin = card["heatmap_faithfulness"]["uninformative_conditions"]
+    assert set(unin) == {"Atelectasis", "Mass"} and "no evidence" in unin["Mass"]
+    assert "Heatmaps are uninformative for Atelectasis" in (out / "dataset_card.md").read_text()
     evidence = json.loads(release_object(png_id, "evidence.json", bucket="private"))
     assert evidence["n_rejected"] == f["n_rejected"] and evidence["closest_pairs"]
     assert evidence["pairs_png"]["real_images"] == "training set (128 px)"
