@@ -32,3 +32,11 @@ def roc_auc(y_true, scores) -> float | None:
         return None
     r = rankdata(np.asarray(scores, dtype=np.float64))
     return float((r[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def two_sample_auc(pos, neg) -> float:
+    """P(a positive's statistic > a negative's), ties counted half (``roc_auc`` on the two samples);
+    NaN when either sample is empty."""
+    pos, neg = np.asarray(pos, dtype=np.float64).reshape(-1), np.asarray(neg, dtype=np.float64).reshape(-1)
+    auc = roc_auc(np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)], np.r_[pos, neg])
+    return float("nan") if auc is None else auc

@@ -22,21 +22,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from models.metrics import two_sample_auc as roc_auc
 from models.privacy.features import classifier_embeddings, pixel_features
 from models.privacy.index import PrivacyIndex
 
 AUC_TARGET = 0.55
-
-
-def roc_auc(pos, neg) -> float:
-    """Rank (Mann-Whitney) AUC: P(pos statistic > neg statistic), ties counted half."""
-    from scipy.stats import rankdata
-
-    pos, neg = np.asarray(pos, dtype=np.float64), np.asarray(neg, dtype=np.float64)
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    r = rankdata(np.concatenate([pos, neg]))
-    return float((r[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
 def _auc_se(auc: float, n_pos: int, n_neg: int) -> float:

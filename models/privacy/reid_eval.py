@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from models.privacy.mia import roc_auc
+from models.metrics import two_sample_auc as roc_auc
 
 CHUNK = 512
 FLAG_RATE = 0.01
