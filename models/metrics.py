@@ -1,14 +1,17 @@
-"""Distribution and ranking statistics that training (val selection) and evaluation both use."""
+"""Distribution and ranking statistics that training (val selection) and evaluation both use.
+
+scipy is imported inside the functions: the privacy package imports this module, and the CLI
+(`xraysynth --help`, the API image) must start without scipy or torch."""
 
 from __future__ import annotations
 
 import numpy as np
-from scipy import linalg
-from scipy.stats import rankdata
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray, eps: float = 1e-6) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets [N,D], [M,D] (FID's formula)."""
+    from scipy import linalg
+
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     mu1, mu2 = a.mean(0), b.mean(0)
@@ -26,6 +29,8 @@ def frechet_distance(a: np.ndarray, b: np.ndarray, eps: float = 1e-6) -> float:
 
 def roc_auc(y_true, scores) -> float | None:
     """ROC AUC via the rank statistic (ties averaged); None if only one class is present."""
+    from scipy.stats import rankdata
+
     y = np.asarray(y_true).astype(bool)
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
