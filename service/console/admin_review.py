@@ -6,7 +6,6 @@ from __future__ import annotations
 import uuid
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
@@ -21,6 +20,7 @@ from service.deps import SessionDep
 from service.errors import NotFound
 from service.reviews import service as reviews_service
 from service.reviews.schemas import ReviewCreate
+from service.reviews.views import evidence_image_response
 from service.settings import get_settings
 from service.storage import exists
 
@@ -82,12 +82,7 @@ def review_context(session: Session, caller: ConsoleCaller, dataset_id: uuid.UUI
 def evidence_image(dataset_id: uuid.UUID, name: str, session: SessionDep, caller: AdminPage):
     if name not in EVIDENCE_IMAGES:
         raise NotFound("no such evidence image")
-    datasets_service.get_visible(session, dataset_id=dataset_id, account=caller.account)
-    body, length = reviews_service.evidence_image(dataset_id=dataset_id, name=name)
-    headers = {"Cache-Control": "no-store"}  # may show real training images: never cached on the way
-    if length is not None:
-        headers["Content-Length"] = str(length)
-    return StreamingResponse(body.iter_chunks(1 << 16), media_type="image/png", headers=headers)
+    return evidence_image_response(session, caller, dataset_id, name)
 
 
 def admin_dataset_page(request: Request, session: Session, caller: ConsoleCaller, dataset_id: uuid.UUID,

@@ -43,7 +43,8 @@ def evidence(dataset_id: uuid.UUID, session: SessionDep, caller: AdminDep) -> di
     return service.evidence(session, dataset=ds, viewer=caller.account)
 
 
-def _image(session, caller, dataset_id: uuid.UUID, name: str) -> StreamingResponse:
+def evidence_image_response(session, caller, dataset_id: uuid.UUID, name: str) -> StreamingResponse:
+    """An admin evidence image, streamed and never cached (the REST route and the console page both)."""
     datasets_service.get_visible(session, dataset_id=dataset_id, account=caller.account)
     body, length = service.evidence_image(dataset_id=dataset_id, name=name)
     headers = {"Cache-Control": "no-store"}  # may show real training images: never cached on the way
@@ -54,9 +55,9 @@ def _image(session, caller, dataset_id: uuid.UUID, name: str) -> StreamingRespon
 
 @router.get("/datasets/{dataset_id}/evidence/pairs.png", summary="Synthetic images beside their nearest real training images")
 def evidence_pairs(dataset_id: uuid.UUID, session: SessionDep, caller: AdminDep):
-    return _image(session, caller, dataset_id, layout.EVIDENCE_PAIRS)
+    return evidence_image_response(session, caller, dataset_id, layout.EVIDENCE_PAIRS)
 
 
 @router.get("/datasets/{dataset_id}/evidence/preview.png", summary="Preview grid with heatmaps (once generated)")
 def evidence_preview(dataset_id: uuid.UUID, session: SessionDep, caller: AdminDep):
-    return _image(session, caller, dataset_id, layout.EVIDENCE_PREVIEW)
+    return evidence_image_response(session, caller, dataset_id, layout.EVIDENCE_PREVIEW)
