@@ -14,6 +14,8 @@ import numpy as np
 
 from models.privacy.features import as_uint8_images
 
+STATE_PREFIX = "reid_state__"
+
 
 class ReidSpaceMixin:
     @property
@@ -64,6 +66,10 @@ class ReidSpaceMixin:
                 v = p[k]
                 out["reid_" + k] = v.float().numpy() if hasattr(v, "float") and hasattr(v, "numpy") else np.asarray(v, dtype=np.float32)
         out["reid_info_json"] = np.str_(json.dumps(p.get("info") or {}, sort_keys=True))
+        if "state" in p:  # a network's weights (kind "cnn"): one array per tensor, fp16 as shipped
+            out["reid_net_json"] = np.str_(json.dumps({k: p[k] for k in ("arch", "width", "dim") if k in p}))
+            for k, v in p["state"].items():
+                out[STATE_PREFIX + k] = v.numpy() if hasattr(v, "numpy") else np.asarray(v)
         if self.holdout_reid is not None:
             out["holdout_reid"] = self.holdout_reid
         if self.dcr_rows is not None:
@@ -78,6 +84,9 @@ class ReidSpaceMixin:
         for k in ("projection", "offset", "angles"):
             if "reid_" + k in z.files:
                 p[k] = z["reid_" + k]
+        if "reid_net_json" in z.files:
+            p.update(json.loads(str(z["reid_net_json"])))
+            p["state"] = {k[len(STATE_PREFIX):]: z[k] for k in z.files if k.startswith(STATE_PREFIX)}
         if "reid_shifts" in z.files:
             p["shifts"] = [tuple(int(v) for v in s) for s in z["reid_shifts"].tolist()]
         return {"reid": z["reid"], "reid_payload": p,

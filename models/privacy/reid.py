@@ -14,7 +14,9 @@ in the privacy index) and the filter needs no network beside the generator to ru
   patient vary least relative to images in general (within-patient whitening, i.e. Fisher's LDA
   with patients as classes), unit length. Closed form: no training loop, deterministic.
 
-Both are brightness/contrast invariant by construction (per-image standardisation).
+Both are brightness/contrast invariant by construction (per-image standardisation). A third kind,
+"cnn" (``reid_cnn.CNNSpace``, trained by ``reid_train``), is a learnt convolutional embedding; its
+payload carries an fp16 state dict and ``space_from_payload`` below rebuilds it.
 """
 
 from __future__ import annotations
@@ -143,6 +145,10 @@ def space_from_payload(p: dict):
     if kind == "linear":
         as_np = lambda t: t.float().numpy() if hasattr(t, "numpy") and hasattr(t, "float") else np.asarray(t)  # noqa: E731
         return LinearSpace(as_np(p["projection"]), as_np(p["offset"]), int(p.get("size", SIZE)), dict(p.get("info") or {}))
+    if kind == "cnn":
+        from models.privacy.reid_cnn import cnn_from_payload
+
+        return cnn_from_payload(p)
     raise ValueError(f"unknown verifier kind {kind!r}")
 
 

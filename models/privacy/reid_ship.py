@@ -2,9 +2,10 @@
 
     python -m models.privacy.reid_ship --bundle models/checkpoints/default/bundle.pt --trainset runs/trainset
 
-1. fits the learnt verifier on the train split with three seeds and evaluates each on val + test
-   patients (``reid_eval``), beside the registered-correlation baseline;
-2. ships the better of the two by source-matched pair AUC (the seed-0 fit for the learnt one);
+1. fits the learnt verifiers (linear, ``reid.fit_linear``; CNN, ``reid_train.fit_cnn``, or saved
+   fits via ``--cnn-weights``) on the train split with three seeds each and evaluates each on
+   val + test patients (``reid_eval``), beside the registered-correlation baseline;
+2. ships the best by source-matched pair AUC (the seed-0 fit of a learnt family);
 3. builds the privacy index and calibration with it (the copy threshold is unchanged: it does not
    depend on the verifier) and runs the filter on ``--n-generated`` of the bundle's own images at
    their first attempt: flags per check and the DCR share;
@@ -67,14 +68,43 @@ def generated_check(bundle, index, cal, n: int, seed: int = 0) -> dict:
 
 def caveat(section: dict) -> str:
     s = section["verifier_heldout"]
+    catch = s["loo_catch_rate_crossfit"]
+    strength = "well" if s["source_matched_auc"] >= 0.90 else "only partly"
     return (
         f"Re-identification check: the shipped verifier ({section['shipped']}) separates two images of one new patient from "
-        f"a same-source stranger only weakly (pair AUC {s['source_matched_auc']:.2f}, {s['source_matched_tpr_at_1pct_fpr']:.0%} "
+        f"a same-source stranger {strength} (pair AUC {s['source_matched_auc']:.2f}, {s['source_matched_tpr_at_1pct_fpr']:.0%} "
         f"caught at 1% false positives) and at the threshold that flags 1% of new patients' images it catches "
-        f"{s['loo_catch_rate_crossfit']:.1%} of held-out patients' other images. So the filter removes copies and "
-        "near-copies, but does NOT protect against a generated image that shows a training patient's anatomy in a new "
-        "pose, exposure or disease state: such an image would almost always be released."
+        f"{catch:.1%} of held-out patients' other images. So the filter removes copies and near-copies, but does NOT "
+        "reliably protect against a generated image that shows a training patient's anatomy in a new pose, exposure or "
+        f"disease state: about {1 - catch:.0%} of such images would be released."
     )
+
+
+def _fit_cnn(args, ts, tr, seed: int, out: Path):
+    """A saved CNN fit (``--cnn-weights`` pattern) or a fresh one, saved beside the report."""
+    from models.privacy.reid_train import fit_cnn, load_space, save_space
+
+    path = Path(args.cnn_weights.format(seed=seed)) if args.cnn_weights else None
+    if path is not None and path.exists():
+        return load_space(path)
+    init = None
+    if args.cnn_arch == "classifier":
+        from models.bundle import load_bundle
+
+        init = load_bundle(args.bundle).classifier.body.state_dict()
+    epochs = args.cnn_epochs if seed == SEEDS[0] else (args.cnn_short_epochs or args.cnn_epochs)
+    space = fit_cnn(ts.images[tr], ts.patient_ids[tr], ts.sources[tr], seed=seed, arch=args.cnn_arch, epochs=epochs,
+                    lr=args.cnn_lr, init_body=init)
+    save_space(space, path or out / f"cnn_seed{seed}.pt")
+    return load_space(path or out / f"cnn_seed{seed}.pt")  # judged as shipped: fp16 weights
+
+
+def _family(name: str, fits: dict, evals: dict, flags: list) -> dict:
+    spread = {k: [float(_summary(evals[f"{name}_seed{s}"])[k]) for s in fits] for k in _summary(evals[f"{name}_seed0"])}
+    return {"seed0": _summary(evals[f"{name}_seed0"]), "seeds": list(fits),
+            "seed_spread": {k: {"min": min(v), "max": max(v), "values": v} for k, v in spread.items()},
+            "seed_flag_agreement": _agreement(flags),
+            "fit_seed0": getattr(fits[SEEDS[0]], "info", {})}
 
 
 def run(args) -> dict:
@@ -93,16 +123,20 @@ def run(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     ts = load_trainset(args.trainset)
     tr = np.asarray(ts.splits).astype(str) == "train"
-    timings, fits, evals, flags = {}, {}, {}, []
+    timings, evals = {}, {}
+    fits, flags = {"linear": {}, "cnn": {}}, {"linear": [], "cnn": []}
     cmd = f"python -m models.privacy.reid_ship --bundle {args.bundle} --trainset {args.trainset}"
-    for seed in SEEDS:
-        t = time.time()
-        fits[seed] = fit_linear(ts.images[tr], ts.patient_ids[tr], seed=seed)
-        ev = evaluate_space(fits[seed], ts)
-        flags.append(ev.pop("flags_heldout"))
-        evals[f"linear_seed{seed}"] = ev
-        timings[f"linear_seed{seed}"] = round(time.time() - t, 1)
-        print(f"learnt verifier seed {seed}: {json.dumps(_summary(ev))}", flush=True)
+    families = ["linear"] + (["cnn"] if not args.no_cnn else [])
+    for fam in families:
+        for seed in SEEDS:
+            t = time.time()
+            fits[fam][seed] = fit_linear(ts.images[tr], ts.patient_ids[tr], seed=seed) if fam == "linear" \
+                else _fit_cnn(args, ts, tr, seed, out)
+            ev = evaluate_space(fits[fam][seed], ts)
+            flags[fam].append(ev.pop("flags_heldout"))
+            evals[f"{fam}_seed{seed}"] = ev
+            timings[f"{fam}_seed{seed}"] = round(time.time() - t, 1)
+            print(f"{fam} verifier seed {seed}: {json.dumps(_summary(ev))}", flush=True)
     if args.baseline_json and Path(args.baseline_json).exists():
         evals["ncc"] = json.loads(Path(args.baseline_json).read_text())
     else:
@@ -110,10 +144,13 @@ def run(args) -> dict:
         evals["ncc"] = evaluate_space(NCCSpace(), ts)
         evals["ncc"].pop("flags_heldout")
         timings["ncc"] = round(time.time() - t, 1)
+        (out / "eval_ncc.json").write_text(json.dumps(evals["ncc"], indent=2, default=float))
     print(f"registered NCC baseline: {json.dumps(_summary(evals['ncc']))}", flush=True)
-    learnt, base = _summary(evals["linear_seed0"]), _summary(evals["ncc"])
-    ship_learnt = learnt["source_matched_auc"] >= base["source_matched_auc"]
-    space = fits[0] if ship_learnt else NCCSpace()
+    base = _summary(evals["ncc"])
+    cands = {"ncc": base, **{f: _summary(evals[f"{f}_seed0"]) for f in families}}
+    best = max(cands, key=lambda k: cands[k]["source_matched_auc"])
+    space = NCCSpace() if best == "ncc" else fits[best][SEEDS[0]]
+    best_eval = evals["ncc" if best == "ncc" else f"{best}_seed0"]
 
     bundle = load_bundle(args.bundle)
     bundle.verifier = bundle_verifier(space)
@@ -129,20 +166,18 @@ def run(args) -> dict:
         timings["generated"] = round(time.time() - t, 1)
         (out / "privacy_index.npz").write_bytes(index.to_bytes())
     else:  # the evaluation's calibration is the same rule on the same images; registration recomputes it
-        c = (evals["linear_seed0"] if ship_learnt else evals["ncc"])["calibration"]
+        c = best_eval["calibration"]
         reid_cal = {"threshold": c["threshold"], "new_patient_flag_rate": c["flag_rate"],
                     "n_new_patient_images": c["n_heldout_images"], "basis": "held-out images (val + test patients) "
                     "against the training index", "crossfit_flag_rate": c["crossfit_flag_rate"]}
         copy_threshold = ((bundle.card.get("privacy") or {}).get("calibration") or {}).get("threshold")
         gen = {"not_measured": "generated images were not run through the filter in this run (--n-generated 0)"}
-    spread = {k: [float(_summary(evals[f"linear_seed{s}"])[k]) for s in SEEDS] for k in learnt}
     section = {
         "shipped": space.name, "kind": space.kind, "command": cmd,
-        "why": "higher source-matched pair AUC on held-out patients than the other candidate",
-        "verifier_heldout": _summary(evals["linear_seed0"] if ship_learnt else evals["ncc"]),
-        "baseline_registered_ncc": base, "learnt_linear_seed0": learnt,
-        "learnt_seed_spread": {k: {"min": min(v), "max": max(v), "values": v} for k, v in spread.items()},
-        "learnt_seed_flag_agreement": _agreement(flags),
+        "why": f"highest source-matched pair AUC on held-out patients of the candidates ({', '.join(cands)}; seed 0 of each learnt one)",
+        "verifier_heldout": cands[best],
+        "baseline_registered_ncc": base,
+        "candidates": {f: _family(f, fits[f], evals, flags[f]) for f in families},
         "sample_sizes": {"heldout_images": evals["ncc"]["calibration"]["n_heldout_images"],
                          "positive_pairs": evals["ncc"]["pairs"]["n_positive_pairs"],
                          "positive_patients": evals["ncc"]["pairs"]["n_positive_patients"],
@@ -185,6 +220,12 @@ def main(argv=None) -> None:
     ap.add_argument("--n-generated", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cnn-weights", default=None, help="saved CNN fits to reuse, e.g. runs/reid/cnn_seed{seed}.pt (missing ones are trained)")
+    ap.add_argument("--cnn-arch", default="classifier", choices=["small", "classifier"])
+    ap.add_argument("--cnn-epochs", type=int, default=14)
+    ap.add_argument("--cnn-short-epochs", type=int, default=None, help="epochs for seeds 1 and 2 (default: --cnn-epochs)")
+    ap.add_argument("--cnn-lr", type=float, default=1e-3)
+    ap.add_argument("--no-cnn", action="store_true", help="judge only the linear verifier and the baseline")
     ap.add_argument("--write-bundle", action="store_true", help="store the verifier and the figures in the bundle")
     args = ap.parse_args(argv)
     r = run(args)["reidentification"]
