@@ -10,34 +10,31 @@ can starve the pool against the thread pool.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Any
-from weakref import WeakKeyDictionary
 
 import anyio
-from fastapi import Depends, Request
+from fastapi import Depends
 from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute
-from limits import parse
-from limits.aio.strategies import MovingWindowRateLimiter as AsyncMovingWindowRateLimiter
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
-from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.orm import Session
 
-from service.accounts import keycache
+from service.accounts import keycache, ratelimit
 from service.accounts.keys import hash_api_key
 from service.accounts.models import Account, ApiKey, Role
 from service.accounts.service import account_for_key, actor_of
 from service.audit.service import Actor
+from service.coalesce import coalescer
 from service.db import get_sessionmaker
 from service.errors import Forbidden, RateLimited, Unauthorized
+from service.observability.logs import bind
 from service.settings import get_settings
 
 
@@ -125,92 +122,72 @@ class Caller:
 
 @lru_cache
 def _limiter() -> MovingWindowRateLimiter:
+    """The console's sign-in limiter (per client address; rare, so one Redis call each is fine)."""
     return MovingWindowRateLimiter(storage_from_string(get_settings().rate_limit_storage_url))
-
-
-# The request path checks the limit on the event loop (no thread); an asyncio client belongs to the
-# loop that made it, hence one limiter per loop.
-_async_limiters: WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncMovingWindowRateLimiter] = WeakKeyDictionary()
-
-
-def _async_limiter() -> AsyncMovingWindowRateLimiter:
-    loop = asyncio.get_running_loop()
-    limiter = _async_limiters.get(loop)
-    if limiter is None:
-        url = get_settings().rate_limit_storage_url
-        options = {"implementation": "redispy", "retry_on_error": [RedisConnectionError]} if url.startswith("redis") else {}
-        limiter = AsyncMovingWindowRateLimiter(storage_from_string(f"async+{url}", **options))
-        _async_limiters[loop] = limiter
-    return limiter
 
 
 def reset_limiter() -> None:
     _limiter.cache_clear()
-    _async_limiters.clear()
+    ratelimit.reset()
     keycache.clear()
 
 
-def _rate_limited(reset_at: float) -> RateLimited:
-    retry_after = max(1, int(reset_at - time.time()) + 1)
-    return RateLimited(
-        f"rate limit of {get_settings().rate_limit} per API key exceeded; retry in {retry_after}s",
-        headers={"Retry-After": str(retry_after)},
-    )
+async def _check_rate(key: ApiKey) -> None:
+    settings = get_settings()
+    decision = await ratelimit.limiter_for_loop(settings.rate_limit_storage_url, settings.rate_limit).hit(key.id)
+    if not decision.allowed:
+        raise RateLimited(f"rate limit of {settings.rate_limit} per API key exceeded; retry in {decision.retry_after_s}s",
+                          headers={"Retry-After": str(decision.retry_after_s)})
 
 
-def _check_rate(key: ApiKey) -> None:
-    limit = parse(get_settings().rate_limit)
-    limiter = _limiter()
-    if not limiter.hit(limit, "api-key", str(key.id)):
-        raise _rate_limited(limiter.get_window_stats(limit, "api-key", str(key.id)).reset_time)
-
-
-async def _check_rate_async(key: ApiKey) -> None:
-    limit = parse(get_settings().rate_limit)
-    limiter = _async_limiter()
-    if not await limiter.hit(limit, "api-key", str(key.id)):
-        raise _rate_limited((await limiter.get_window_stats(limit, "api-key", str(key.id))).reset_time)
-
-
-def _authenticate(session: Session, token: str, digest: str) -> Caller:
+def _look_up(token: str, digest: str) -> tuple[Account, ApiKey] | None:
+    """The key's rows, read in a short session of their own (its connection is back in the pool
+    before this thread is) and kept in the key cache."""
     seen = keycache.generation()
-    ok = False
-    try:
+    with get_sessionmaker()() as session:
         found = account_for_key(session, plain_key=token)
-        if found is None:
-            raise Unauthorized("unknown or revoked API key")
-        account, key = found
-        keycache.put(digest, account, key, ttl_s=get_settings().auth_cache_s, seen_generation=seen)
-        if account.disabled:
-            raise Forbidden("this account is disabled", code="account_disabled")
-        _check_rate(key)
-        ok = True
-        return Caller(account=account, key=key)
-    finally:
-        # End the read-only transaction here, so the connection is back in the pool before this thread
-        # is; commit keeps the account loaded (expire_on_commit=False), rollback (on a refusal) need not.
-        if ok:
-            session.commit()
-        else:
-            session.rollback()
+        session.commit()  # ends the read; the rows stay loaded (expire_on_commit=False; a rollback would expire them)
+    if found is not None:
+        keycache.put(digest, *found, ttl_s=get_settings().auth_cache_s, seen_generation=seen)
+    return found
 
 
-async def current_caller(request: Request, session: SessionDep) -> Caller:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+_bearer = HTTPBearer(auto_error=False, description="an API key: `Authorization: Bearer <key>`")
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+async def _identify(credentials: HTTPAuthorizationCredentials | None) -> tuple[Account, ApiKey]:
+    """The verified caller's account and key as detached rows, the rate limit charged."""
+    token = credentials.credentials.strip() if credentials else ""
+    if not token:
         raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
     digest = hash_api_key(token, get_settings().api_key_pepper)
-    hit = keycache.get(digest)
-    if hit is None:
-        return await run_in_threadpool(_authenticate, session, token, digest)
-    # Copies of the verified rows in the request's session, without a query (load=False).
-    account, key = session.merge(hit[0], load=False), session.merge(hit[1], load=False)
+    # Concurrent first requests of one key share a lookup (service.coalesce), as do those that
+    # arrive together when its cache entry expires.
+    found = keycache.get(digest) or await coalescer().read(("api-key", digest), lambda: run_in_threadpool(_look_up, token, digest))
+    if found is None:
+        raise Unauthorized("unknown or revoked API key")
+    account, key = found
     if account.disabled:
         raise Forbidden("this account is disabled", code="account_disabled")
-    await _check_rate_async(key)
+    await _check_rate(key)
+    return account, key
+
+
+async def current_reader(credentials: BearerDep) -> Caller:
+    """The verified caller, once per request (every REST route depends on it through its router), as
+    detached rows: read them, never change them. A route that needs no session depends on this alone."""
+    account, key = await _identify(credentials)
+    bind(account_id=str(account.id))  # on every log line of the request
     return Caller(account=account, key=key)
+
+
+ReaderDep = Annotated[Caller, Depends(current_reader)]
+
+
+async def current_caller(reader: ReaderDep, session: SessionDep) -> Caller:
+    # Copies of the verified rows in the request's session, without a query (load=False).
+    return Caller(account=session.merge(reader.account, load=False), key=session.merge(reader.key, load=False))
 
 
 async def require_researcher(caller: Annotated[Caller, Depends(current_caller)]) -> Caller:

@@ -15,17 +15,14 @@ from __future__ import annotations
 import json
 import re
 from functools import lru_cache
-from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.deps import CallerDep
+from service.deps import current_reader
 from service.errors import error_body
-from service.observability.logs import bind
 
 
 class ErrorDetail(BaseModel):
@@ -71,17 +68,8 @@ def errors(*codes: int) -> dict[int | str, dict]:
     return out
 
 
-_bearer = HTTPBearer(auto_error=False, description="an API key: `Authorization: Bearer <key>`")
-
-
-async def _authenticated(caller: CallerDep,
-                         _scheme: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-    # The caller is resolved (and cached) by the route's own dependency; this declares the bearer
-    # scheme in the document and puts the account id on the request's log lines.
-    bind(account_id=str(caller.account.id))
-
-
-AUTHENTICATED = [Depends(_authenticated)]
+# Every REST route depends on the caller (it also declares the bearer scheme in the document).
+AUTHENTICATED = [Depends(current_reader)]
 
 
 # (method, path template) -> statuses from the route's own domain rules.

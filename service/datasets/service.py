@@ -35,11 +35,21 @@ NOT_COUNTED = (S.rejected, S.cancelled)
 # A dataset names its model by id, name and version: its card, metrics and calibration (large JSON) stay
 # unread.
 _MODEL_REF = [load_only(ModelVersion.id, ModelVersion.name, ModelVersion.version)]
+# What choosing a model for a request reads (the release policy), not its card or metrics.
+_MODEL_POLICY = [load_only(ModelVersion.id, ModelVersion.name, ModelVersion.version, ModelVersion.conditions,
+                           ModelVersion.patients_per_condition, ModelVersion.status, ModelVersion.published_at,
+                           ModelVersion.created_at)]
 
 
 def to_public(session: Session, ds: Dataset, *, owner: Account | None = None, model: ModelVersion | None = None) -> dict:
     owner = owner or session.get(Account, ds.account_id)
     mv = model or session.get(ModelVersion, ds.model_version_id, options=_MODEL_REF)
+    return public_fields(ds, owner, mv)
+
+
+def public_fields(ds, owner, mv) -> dict:
+    """The public view of a dataset from anything with its columns (an ORM row or a Core row), its
+    owner's id and name, and its model's id, name and version."""
     base = f"/v1/datasets/{ds.id}"
     return {
         "id": ds.id,
@@ -127,7 +137,7 @@ def _refuse(message: str, *, field: str, code: str) -> Unprocessable:
 def choose_model(session: Session, *, data: DatasetCreate, min_patients: int) -> ModelVersion:
     """The requested model (checked against the release policy), or the newest published one that offers
     every requested condition."""
-    published = models_service.list_models(session, statuses=[ModelStatus.published])
+    published = models_service.list_models(session, statuses=[ModelStatus.published], options=_MODEL_POLICY)
     known = {c for m in published for c in (m.conditions or [])}
 
     if data.model is not None:

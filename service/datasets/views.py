@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body, Query, Response
 
-from service.datasets import service
+from service.datasets import reads, service
 from service.datasets.models import DatasetStatus
 from service.datasets.schemas import (
     CancelRequest,
@@ -14,7 +14,7 @@ from service.datasets.schemas import (
     RetryRequest,
     RevokeRequest,
 )
-from service.deps import AdminDep, CallerDep, ResearcherDep, SessionDep, UnitOfWorkRoute
+from service.deps import AdminDep, CallerDep, ReaderDep, ResearcherDep, SessionDep, UnitOfWorkRoute
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], route_class=UnitOfWorkRoute)
 
@@ -28,20 +28,22 @@ def create_dataset(data: DatasetCreate, session: SessionDep, caller: ResearcherD
 
 
 @router.get("", response_model=DatasetList, summary="Your datasets (admins: everyone's)")
-def list_datasets(
-    session: SessionDep,
-    caller: CallerDep,
+async def list_datasets(
+    caller: ReaderDep,
     status: DatasetStatus | None = None,
     limit: int = Query(100, ge=1, le=500),
 ):
-    account_id = None if caller.is_admin else caller.account.id
-    datasets = service.list_datasets(session, account_id=account_id, status=status, limit=limit)
-    return {"datasets": service.to_public_many(session, datasets)}
+    return _json(await reads.list_json(account=caller.account, status=status, limit=limit))
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic, summary="Status and progress of one dataset")
-def get_dataset(dataset_id: uuid.UUID, session: SessionDep, caller: CallerDep):
-    return service.to_public(session, service.get_visible(session, dataset_id=dataset_id, account=caller.account))
+async def get_dataset(dataset_id: uuid.UUID, caller: ReaderDep):
+    return _json(await reads.status_json(dataset_id=dataset_id, account=caller.account))
+
+
+def _json(body: bytes) -> Response:
+    # Already serialised through the response model (service.datasets.reads), once per query.
+    return Response(body, media_type="application/json")
 
 
 @router.post("/{dataset_id}/cancel", response_model=DatasetPublic, summary="Cancel your request (before it is ready)")

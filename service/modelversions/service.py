@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -60,10 +60,12 @@ def get_model(session: Session, *, model_id: uuid.UUID, for_update: bool = False
     return mv
 
 
-def list_models(session: Session, *, statuses: Collection[ModelStatus]) -> list[ModelVersion]:
-    """Newest first: the default model for a request is the newest published one that fits."""
+def list_models(session: Session, *, statuses: Collection[ModelStatus], options: Sequence = ()) -> list[ModelVersion]:
+    """Newest first: the default model for a request is the newest published one that fits. `options`
+    (e.g. load_only) spare a caller the large JSON columns it does not read."""
     q = (
         select(ModelVersion)
+        .options(*options)
         .where(ModelVersion.status.in_(list(statuses)))
         .order_by(ModelVersion.published_at.desc().nulls_last(), ModelVersion.created_at.desc())
     )

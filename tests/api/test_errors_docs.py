@@ -48,12 +48,12 @@ def test_oversized_body_is_413_and_writes_nothing(api, researcher, model, counts
 
 
 def test_internal_errors_do_not_leak(api, researcher, model, monkeypatch):
-    from service.datasets import service
+    from service.datasets import reads
 
     def boom(*a, **k):
         raise RuntimeError("secret detail /hospital/path")
 
-    monkeypatch.setattr(service, "list_datasets", boom)
+    monkeypatch.setattr(reads, "_fetch_list", boom)
     r = api.get("/v1/datasets", headers=researcher.headers)
     assert r.status_code == 500 and r.json() == {"error": {"code": "internal_error", "message": "internal server error"}}
     assert "secret" not in r.text and "Traceback" not in r.text

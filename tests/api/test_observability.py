@@ -73,12 +73,12 @@ def test_every_answer_carries_a_request_id_and_a_clients_own_id_is_kept(api, res
 
 
 def test_a_crash_is_a_500_with_a_request_id_and_a_log_line_without_its_text(api, researcher, monkeypatch, log_lines):
-    from service.datasets import service
+    from service.datasets import reads
 
     def boom(*a, **k):
         raise RuntimeError("secret detail /hospital/path")
 
-    monkeypatch.setattr(service, "list_datasets", boom)
+    monkeypatch.setattr(reads, "_fetch_list", boom)
     r = api.get("/v1/datasets", headers=researcher.headers)
     assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
     rid = r.headers["x-request-id"]
