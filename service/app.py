@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import health
 from service.console.routes import install as install_console
 from service.console.security import SecurityHeaders
+from service.datasets import reads
 from service.errors import error_body, install_error_handlers
 from service.observability import install_observability
 from service.openapi import AUTHENTICATED, install_openapi
@@ -58,10 +62,17 @@ class _TooLarge(BaseException):
     pass
 
 
+@asynccontextmanager
+async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
+    yield
+    await reads.close()  # this loop's asyncio database connections
+
+
 def create_app() -> FastAPI:
 
     settings = get_settings()
     app = FastAPI(
+        lifespan=_lifespan,
         title="xraysynth",
         version="1",
         summary="Synthetic chest X-ray datasets, reviewed by the hospital, downloaded through signed URLs.",

@@ -5,6 +5,7 @@ database (created and dropped here), a private Redis and SeaweedFS; seeds a publ
 researcher and a few datasets; then drives it with wrk over loopback, each phase bounded in time:
 
 - status: N clients reading one dataset (GET /v1/datasets/{id}), N = 100 by default;
+- spread: N clients each reading one of 200 datasets at random (reads that can rarely share a query);
 - list:   N clients reading the researcher's list (GET /v1/datasets);
 - create: 20 clients requesting datasets (POST /v1/datasets);
 - bare:   N clients against a bare FastAPI app (same uvicorn flags) answering a constant JSON body.
@@ -22,6 +23,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -50,6 +52,7 @@ from service.timeutil import utcnow
 
 ROOT = Path(__file__).resolve().parent.parent
 PURPOSE = "Load benchmark: measuring the API's throughput and latency under concurrent clients."
+SPREAD_DATASETS = 200
 
 _DONE_LUA = r"""
 done = function(summary, latency, requests)
@@ -81,6 +84,13 @@ def _lua(headers: dict[str, str], method: str = "GET", body: str | None = None) 
     if body is not None:
         lines.append(f"wrk.body = {json.dumps(body)}")
     return "\n".join(lines) + "\n" + _DONE_LUA
+
+
+def _spread_lua(headers: dict[str, str], paths: list[str]) -> str:
+    """Each request reads one of `paths` at random."""
+    listed = ", ".join(f'"{p}"' for p in paths)
+    return _lua(headers) + (f"paths = {{{listed}}}\n"
+                            "request = function() return wrk.format(nil, paths[math.random(#paths)]) end\n")
 
 
 def _cpu_s(pid: int) -> float:
@@ -189,15 +199,25 @@ def _seed(n_datasets: int) -> dict:
         s.add(mv)
         account = create_account(s, name="bench-researcher", role=Role.researcher, actor=SYSTEM, image_quota=2**31 - 1)
         _, key = create_key(s, account=account, actor=SYSTEM)
-        ids = []
-        for i in range(n_datasets):
-            ds = Dataset(account_id=account.id, model_version_id=mv.id, spec={"Mass": 10}, total_images=10,
-                         format=ImageFormat.png, heatmaps=True, seed=i, purpose=PURPOSE,
-                         status=DatasetStatus.pending_review, done_images=0)
-            s.add(ds)
-            s.flush()
-            ids.append(ds.id)
-    return {"key": key, "dataset_id": str(ids[0])}
+        ids = _datasets(s, account, mv, n_datasets)
+        # A second researcher whose clients each poll a different dataset: reads that cannot share a query.
+        spread = create_account(s, name="bench-researcher-spread", role=Role.researcher, actor=SYSTEM,
+                                image_quota=2**31 - 1)
+        _, spread_key = create_key(s, account=spread, actor=SYSTEM)
+        spread_ids = _datasets(s, spread, mv, SPREAD_DATASETS)
+    return {"key": key, "dataset_id": str(ids[0]), "spread_key": spread_key, "spread_ids": [str(i) for i in spread_ids]}
+
+
+def _datasets(s, account, mv, n: int) -> list[uuid.UUID]:
+    ids = []
+    for i in range(n):
+        ds = Dataset(account_id=account.id, model_version_id=mv.id, spec={"Mass": 10}, total_images=10,
+                     format=ImageFormat.png, heatmaps=True, seed=i, purpose=PURPOSE,
+                     status=DatasetStatus.pending_review, done_images=0)
+        s.add(ds)
+        s.flush()
+        ids.append(ds.id)
+    return ids
 
 
 def run_api_bench(*, read_clients: list[int], create_clients: int, seconds: int, create_seconds: int,
@@ -205,6 +225,9 @@ def run_api_bench(*, read_clients: list[int], create_clients: int, seconds: int,
 
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk not found: apt-get install wrk")
+    # Stopped from outside (timeout, Ctrl-C in a supervisor): unwind, so the servers started below and
+    # the scratch database go too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results: dict = {"phases": []}
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="xraysynth-bench-api-")))
@@ -275,8 +298,12 @@ def run_api_bench(*, read_clients: list[int], create_clients: int, seconds: int,
 
         for clients in read_clients:
             bare_r = phase("bare", f"{bare_base}/", clients, _lua({}), seconds, False)
-            for name, url in (("status", status_url), ("list", f"{api_base}/v1/datasets")):
-                r = phase(name, url, clients, _lua(auth), seconds, True)
+            spread = _spread_lua({"Authorization": f"Bearer {seed['spread_key']}"},
+                                 [f"/v1/datasets/{i}" for i in seed["spread_ids"]])
+            for name, url, script in (("status", status_url, _lua(auth)),
+                                      ("spread", f"{api_base}/v1/datasets/{seed['spread_ids'][0]}", spread),
+                                      ("list", f"{api_base}/v1/datasets", _lua(auth))):
+                r = phase(name, url, clients, script, seconds, True)
                 r["ratio_to_bare"] = r["rate"] / bare_r["rate"] if bare_r["rate"] else 0.0
                 print(f"  {name} ÷ bare at {clients} clients: {r['ratio_to_bare']:.2f}")
         body = json.dumps({"conditions": {"Mass": 1}, "purpose": PURPOSE})

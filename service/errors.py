@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import psycopg
+import psycopg_pool
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -94,6 +96,9 @@ def database_unavailable(exc: BaseException) -> bool:
     exhausted), as opposed to a bug or a refused statement: the client should retry, not report."""
     if isinstance(exc, PoolTimeout | OperationalError | InterfaceError):
         return True
+    # The asyncio reads (service.datasets.reads) use psycopg's own pool and errors.
+    if isinstance(exc, psycopg_pool.PoolTimeout | psycopg.OperationalError | psycopg.InterfaceError):
+        return True
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
@@ -138,6 +143,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DBAPIError)
     @app.exception_handler(PoolTimeout)
+    @app.exception_handler(psycopg.Error)
+    @app.exception_handler(psycopg_pool.PoolTimeout)
     async def _database_error(request: Request, exc: Exception):
         if not database_unavailable(exc):
             return _internal_error(request, exc)

@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=40, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
     db_pool_timeout_s: float = Field(default=10.0, gt=0)
+    # The API's asyncio connections for the polled reads (status, lists) on PostgreSQL.
+    db_read_pool_size: int = Field(default=8, ge=1)
 
     # Review and release policy
     reviews_required: int = Field(default=1, ge=1)

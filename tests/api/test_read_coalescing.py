@@ -6,7 +6,7 @@ import asyncio
 
 import httpx
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import text
 
 from service.coalesce import ReadCoalescer
 from tests.api.conftest import PURPOSE
@@ -97,37 +97,37 @@ def test_status_shows_a_write_committed_by_another_process_at_once(api, research
         assert api.get(f"/v1/datasets/{pending_dataset}", headers=researcher.headers).json()["progress"]["done"] == done
 
 
-def test_two_hundred_concurrent_status_reads_share_a_handful_of_queries(researcher, admin, pending_dataset):
+def test_two_hundred_concurrent_status_reads_share_a_handful_of_queries(researcher, admin, pending_dataset,
+                                                                        monkeypatch):
     from service.app import create_app
-    from service.db import get_engine
+    from service.datasets import reads
 
-    statements: list[str] = []
+    queries = []
+    real = reads._fetch_status
 
-    def count(_conn, _cursor, statement, *_):
-        if "FROM datasets" in statement:
-            statements.append(statement)
+    async def counted(dataset_id):
+        queries.append(dataset_id)
+        return await real(dataset_id)
+
+    monkeypatch.setattr(reads, "_fetch_status", counted)
 
     async def scenario():
         app = create_app()
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-            # Warm the key cache, then measure only the dataset reads.
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+            # Warm the key cache, then count only the dataset reads.
             await client.get(f"/v1/datasets/{pending_dataset}", headers=researcher.headers)
             await client.get(f"/v1/datasets/{pending_dataset}", headers=admin.headers)
-            statements.clear()
-            reads = [client.get(f"/v1/datasets/{pending_dataset}", headers=(researcher if i % 2 else admin).headers)
-                     for i in range(200)]
-            return await asyncio.gather(*reads)
+            queries.clear()
+            reads_ = [client.get(f"/v1/datasets/{pending_dataset}", headers=(researcher if i % 2 else admin).headers)
+                      for i in range(200)]
+            return await asyncio.gather(*reads_)
 
-    event.listen(get_engine(), "before_cursor_execute", count)
-    try:
-        answers = asyncio.run(scenario())
-    finally:
-        event.remove(get_engine(), "before_cursor_execute", count)
+    answers = asyncio.run(scenario())
     assert [a.status_code for a in answers] == [200] * 200
     assert {a.json()["id"] for a in answers} == {pending_dataset}
-    # Each query answers every reader that arrived while the one before it ran (about 3 here).
-    assert 1 <= len(statements) <= 100, f"{len(statements)} queries for 200 concurrent reads"
+    # Each query answers every reader that arrived while the one before it ran.
+    assert 1 <= len(queries) <= 100, f"{len(queries)} queries for 200 concurrent reads"
 
 
 def test_someone_elses_dataset_is_still_404_when_reads_are_shared(api, researcher, researcher_b, pending_dataset):
