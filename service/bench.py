@@ -7,7 +7,8 @@ researcher and a few datasets; then drives it with wrk over loopback, each phase
 - status: N clients reading one dataset (GET /v1/datasets/{id}), N = 100 by default;
 - spread: N clients each reading one of 200 datasets at random (reads that can rarely share a query);
 - list:   N clients reading the researcher's list (GET /v1/datasets);
-- create: 20 clients requesting datasets (POST /v1/datasets);
+- create: 20 clients requesting datasets (POST /v1/datasets), each request as one of 20 researchers;
+- create1: the same from one researcher, whose requests queue for its quota's row lock;
 - bare:   N clients against a bare FastAPI app (same uvicorn flags) answering a constant JSON body.
 
 Each phase reports req/s, p50, p99 and errors; reads are also given as a ratio to the bare rate, which
@@ -53,6 +54,7 @@ from service.timeutil import utcnow
 ROOT = Path(__file__).resolve().parent.parent
 PURPOSE = "Load benchmark: measuring the API's throughput and latency under concurrent clients."
 SPREAD_DATASETS = 200
+CREATORS = 20
 
 _DONE_LUA = r"""
 done = function(summary, latency, requests)
@@ -205,7 +207,12 @@ def _seed(n_datasets: int) -> dict:
                                 image_quota=2**31 - 1)
         _, spread_key = create_key(s, account=spread, actor=SYSTEM)
         spread_ids = _datasets(s, spread, mv, SPREAD_DATASETS)
-    return {"key": key, "dataset_id": str(ids[0]), "spread_key": spread_key, "spread_ids": [str(i) for i in spread_ids]}
+        # Researchers requesting at once: a researcher's own requests queue for its quota (row lock).
+        creators = [create_key(s, actor=SYSTEM, account=create_account(
+            s, name=f"bench-creator-{i}", role=Role.researcher, actor=SYSTEM, image_quota=2**31 - 1))[1]
+            for i in range(CREATORS)]
+    return {"key": key, "dataset_id": str(ids[0]), "spread_key": spread_key,
+            "spread_ids": [str(i) for i in spread_ids], "creator_keys": creators}
 
 
 def _datasets(s, account, mv, n: int) -> list[uuid.UUID]:
@@ -308,7 +315,12 @@ def run_api_bench(*, read_clients: list[int], create_clients: int, seconds: int,
                 print(f"  {name} ÷ bare at {clients} clients: {r['ratio_to_bare']:.2f}")
         body = json.dumps({"conditions": {"Mass": 1}, "purpose": PURPOSE})
         create = _lua({**auth, "Content-Type": "application/json"}, method="POST", body=body)
-        phase("create", f"{api_base}/v1/datasets", create_clients, create, create_seconds, True)
+        many = _lua({"Content-Type": "application/json"}, method="POST", body=body) + (
+            "keys = {" + ", ".join(f'"Bearer {k}"' for k in seed["creator_keys"]) + "}\n"
+            "request = function() wrk.headers['Authorization'] = keys[math.random(#keys)]; "
+            "return wrk.format() end\n")
+        phase("create", f"{api_base}/v1/datasets", create_clients, many, create_seconds, True)
+        phase("create1", f"{api_base}/v1/datasets", create_clients, create, create_seconds, True)
         results["api_log_tail"] = (tmp / "api.log").read_text(errors="replace")[-2000:]
     return results
 

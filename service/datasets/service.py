@@ -177,9 +177,10 @@ def create_dataset(session: Session, *, account: Account, actor: Actor, data: Da
     """Validate a request and store it as pending_review. Returns (dataset, auto_approved). Every refusal is
     raised before the first write, so a 4xx leaves the database untouched."""
     settings = get_settings()
-    # Lock the account: two concurrent requests cannot both spend the same remaining quota.
-    session.execute(select(Account.id).where(Account.id == account.id).with_for_update())
     mv = choose_model(session, data=data, min_patients=settings.min_training_patients)
+    # Lock the account: two concurrent requests cannot both spend the same remaining quota. Taken
+    # after the model is chosen (reads only), so a researcher's requests queue only for the quota.
+    session.execute(select(Account.id).where(Account.id == account.id).with_for_update())
 
     total = sum(data.conditions.values())
     if total > settings.max_images_per_request:
