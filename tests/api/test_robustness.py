@@ -12,7 +12,6 @@ import asyncio
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 
 from tests.api.conftest import PURPOSE
 from tests.factories import make_dataset, make_model_version
+from tests.serving import served_api
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -136,39 +136,16 @@ def test_a_key_never_seen_before_is_503_not_401_while_the_database_is_down(own_p
 @pytest.fixture
 def tiny_pool_api(clean, make_user, db, tmp_path):
     """The app under uvicorn with 2 database connections for 100 clients, keys looked up every time."""
-    from service.embedded import free_port
-
     mv = make_model_version(db, name="cxr-dcgan", version="1.0", conditions=("No Finding", "Mass"))
     user = make_user("researcher", "load-researcher")
     ds = make_dataset(db, account_id=user.id, model_version_id=mv.id)
     db.commit()
-    port = free_port()
     env = {**os.environ, **clean.env, "XRAYSYNTH_RATE_LIMIT": "1000000/minute", "XRAYSYNTH_DB_POOL_SIZE": "2",
-           "XRAYSYNTH_DB_MAX_OVERFLOW": "0", "XRAYSYNTH_DB_POOL_TIMEOUT_S": "5", "XRAYSYNTH_AUTH_CACHE_S": "0"}
-    log = open(tmp_path / "api.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning", "--no-access-log",
-         # On a loaded box a pooled client connection can sit idle past uvicorn's default 5 s and be
-         # closed as the client reuses it; that race is the client's, not what this test is about.
-         "--timeout-keep-alive", "120"],
-        env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            assert proc.poll() is None, (tmp_path / "api.log").read_text()[-2000:]
-            try:
-                if httpx.get(f"{base}/v1/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+           "XRAYSYNTH_DB_READ_POOL_SIZE": "2", "XRAYSYNTH_DB_MAX_OVERFLOW": "0", "XRAYSYNTH_DB_POOL_TIMEOUT_S": "5", "XRAYSYNTH_AUTH_CACHE_S": "0"}
+    # On a loaded box a pooled client connection can sit idle past uvicorn's default 5 s and be
+    # closed as the client reuses it; that race is the client's, not what this test is about.
+    with served_api(env, tmp_path / "api.log", "--timeout-keep-alive", "120") as base:
         yield base, user, ds.id
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
 
 
 def test_a_hundred_clients_on_two_connections_all_get_answers_and_health_keeps_answering(tiny_pool_api):

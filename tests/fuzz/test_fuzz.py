@@ -12,10 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.factories import make_dataset, make_model_version
+from tests.serving import served_api
 
 ROOT = Path(__file__).resolve().parents[2]
 # Cases per operation, enough that every role sends over MIN_REQUESTS (without a key most answers
@@ -29,37 +29,14 @@ SEED = 20261201
 def served(clean, make_user, db, tmp_path):
     """The app under uvicorn on a free loopback port, with a published model, a dataset per user and
     a rate limit the fuzzer cannot reach (429 is documented, but it would hide every other answer)."""
-    from service.embedded import free_port
-
     mv = make_model_version(db, name="cxr-dcgan", version="1.0", conditions=("No Finding", "Mass", "Nodule"))
     users = {"researcher": make_user("researcher", "fuzz-researcher", image_quota=10**6),
              "admin": make_user("admin", "fuzz-admin")}
     make_dataset(db, account_id=users["researcher"].id, model_version_id=mv.id)
     db.commit()
-    port = free_port()
     env = {**os.environ, **clean.env, "XRAYSYNTH_RATE_LIMIT": "1000000/minute", "PYTHONUNBUFFERED": "1"}
-    log = open(tmp_path / "api.log", "wb")  # noqa: SIM115 — the server's output for as long as it runs
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning", "--no-access-log"],
-        env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(200):
-            if proc.poll() is not None:
-                pytest.fail(f"the API exited: {(tmp_path / 'api.log').read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{base}/v1/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+    with served_api(env, tmp_path / "api.log") as base:
         yield base, users, tmp_path
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
 
 
 def _schemathesis(base: str, headers: dict[str, str], report: Path, examples: int) -> subprocess.CompletedProcess:
