@@ -25,7 +25,11 @@ from weakref import WeakKeyDictionary
 
 from limits import RateLimitItem, parse
 from redis import asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.errors import ApiError
 
@@ -62,7 +66,10 @@ class SharedRateLimiter:
         self.settings = (redis_url, limit)
         self.item: RateLimitItem = parse(limit)
         self.amount, self.period = self.item.amount, float(self.item.get_expiry())
-        self.redis = (aioredis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+        # Retried: after a Redis restart the first call on an old connection fails; a new one succeeds.
+        self.redis = (aioredis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2,
+                                        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+                                        retry_on_error=[RedisConnectionError, RedisTimeoutError])
                       if redis_url.startswith(("redis://", "rediss://", "unix://")) else None)
         self.prefix = prefix
         self._keys: dict[str, _Key] = {}
