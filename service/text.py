@@ -27,6 +27,13 @@ TEXT_PATTERN = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*
 _NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
 
 
+def control_character(value: str) -> str | None:
+    """The first character prose may not hold (as U+XXXX), or None: for text outside a pydantic model
+    (the console's posted forms)."""
+    found = _TEXT_REFUSED.search(value)
+    return f"U+{ord(found.group()):04X}" if found else None
+
+
 def _refusing(pattern: re.Pattern[str], allowed: str):
     def check(value: str) -> str:
         found = pattern.search(value)

@@ -22,6 +22,7 @@ from service.modelversions import service as models_service
 from service.modelversions.models import ModelStatus
 from service.reviews.service import visible_details
 from service.settings import get_settings
+from service.text import line
 
 router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)
 
@@ -129,9 +130,13 @@ def _when(text: str | None) -> datetime | None:
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t
 
 
+# A filter is one line: a control character (NUL cannot even be sent to the database) is a 422 page.
+Filter = line()
+
+
 @router.get("/audit")
-def audit(request: Request, session: SessionDep, caller: AdminPage, action: str = "", target_id: str = "",
-          actor: str = "", since: str = "", until: str = "",
+def audit(request: Request, session: SessionDep, caller: AdminPage, action: Filter = "", target_id: Filter = "",
+          actor: Filter = "", since: Filter = "", until: Filter = "",
           before_id: int | None = Query(None, ge=1, le=2**63 - 1)):
     action, target_id, actor = action.strip()[:64], target_id.strip()[:64], actor.strip()[:120]
     actor_id, actor_name = actor_filter(actor)

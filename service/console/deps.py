@@ -13,7 +13,8 @@ from service.accounts.models import Role
 from service.console import sessions
 from service.console.sessions import ConsoleCaller
 from service.deps import SessionDep
-from service.errors import Forbidden
+from service.errors import Forbidden, Unprocessable
+from service.text import control_character
 
 
 def page_caller(request: Request, session: SessionDep) -> ConsoleCaller:
@@ -40,10 +41,16 @@ ResearcherPage = Annotated[ConsoleCaller, Depends(researcher_page)]
 
 
 async def checked_form(request: Request, caller: PageCaller) -> FormData:
-    """The posted form, refused (403, nothing written) unless it carries this session's CSRF token."""
+    """The posted form, refused (403, nothing written) unless it carries this session's CSRF token, and
+    (422) if any field holds a control character (NUL cannot even be stored)."""
     form = await request.form()
     if not sessions.csrf_ok(caller.csrf_token, form.get("csrf_token")):
         raise Forbidden("this form is missing its security token (CSRF); reload the page and try again", code="csrf")
+    for name, value in form.multi_items():
+        found = control_character(value) if isinstance(value, str) else None
+        if found:
+            raise Unprocessable(f"{name}: must not contain control characters other than tab and line breaks "
+                                f"(found {found})", field=name)
     return form
 
 

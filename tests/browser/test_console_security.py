@@ -215,3 +215,30 @@ def test_every_page_sends_a_csp_without_inline_script_and_refuses_framing(live_u
         cookie = login.headers["set-cookie"].lower()
         assert "httponly" in cookie and "samesite=strict" in cookie and "secure" in cookie
         assert http.get("/ui/no-such-page").status_code == 404
+
+
+def test_a_form_field_with_a_nul_byte_is_refused_with_422_and_writes_nothing(new_page, researcher, catalogue_model, db):
+    page = new_page()
+    sign_in(page, researcher.key)
+    page.goto("/ui/requests/new")
+    token = page.locator("input[name=csrf_token]").first.get_attribute("value")
+    before = row_counts(db)
+    r = page.request.post("/ui/requests", form={"count.Mass": "2", "csrf_token": token,
+                                                "purpose": "a long enough purpose \x00 for review"})
+    assert r.status == 422
+    assert "control characters" in r.text() and "U+0000" in r.text()
+    db.expire_all()
+    assert row_counts(db) == before
+    # The same form without it is accepted: the refusal was the character, not the form.
+    r = page.request.post("/ui/requests", form={"count.Mass": "2", "csrf_token": token,
+                                                "purpose": "a long enough purpose for review"})
+    assert r.ok, r.status
+
+
+def test_an_audit_filter_with_a_nul_byte_is_a_422_page_not_a_server_error(new_page, admin):
+    page = new_page()
+    sign_in(page, admin.key)
+    r = page.request.get("/ui/audit?action=a%00b")
+    assert r.status == 422, r.status
+    assert "Invalid input" in r.text()
+    assert page.request.get("/ui/audit?action=dataset.request").ok
