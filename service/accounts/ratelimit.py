@@ -81,16 +81,19 @@ class SharedRateLimiter:
         st = self._keys.setdefault(key, _Key())
         if self._near(st, now):
             return await self._exact_hit(key, st, window, now)
-        stale = st.window != window or time.monotonic() - st.synced_at >= FLUSH_S
-        if stale or st.pending + 1 > BATCH_SHARE * (self.amount - self._estimate(st, now)):
+        if self._due(st, window, now):
             async with st.lock:
-                # Another request may have synced while this one waited for the lock.
-                if st.window != window or time.monotonic() - st.synced_at >= FLUSH_S or st.pending:
+                if self._due(st, window, now):  # unless another request synced while this one waited
                     await self._sync(key, st, window, add=0)
             if self._near(st, now):
                 return await self._exact_hit(key, st, window, now)
         st.pending += 1
         return Decision(True)
+
+    def _due(self, st: _Key, window: int, now: float) -> bool:
+        """Time to add this process's count to the store and read everyone's."""
+        return (st.window != window or time.monotonic() - st.synced_at >= FLUSH_S
+                or st.pending + 1 > BATCH_SHARE * (self.amount - self._estimate(st, now)))
 
     def _estimate(self, st: _Key, now: float) -> float:
         overlap = 1.0 - (now / self.period - st.window)  # share of the previous period still covered
