@@ -1,11 +1,12 @@
 """FastAPI dependencies: the DB session per request, the caller (Bearer API key), role checks, rate limits.
 
-Threads and connections. Database work runs in worker threads, and a thread gives its connection back
-before it ends its hop: authentication ends its read-only transaction before it returns, and a route
-of a `UnitOfWorkRoute` router runs, commits and closes its session in one hop (its answer is then
-serialised on the event loop). So no request ever holds a connection while it waits for a thread, a
-thread waiting for a connection waits only for threads that are running, and no number of clients
-can starve the pool against the thread pool.
+Threads and connections. The polled reads (status, lists) need no session and no thread: they run
+on asyncio connections (service.datasets.reads). Other database work runs in worker threads, and a
+thread gives its connection back before it ends its hop: a key lookup uses a short session of its
+own, and a route of a `UnitOfWorkRoute` router runs, commits and closes its session in one hop (its
+answer is then serialised on the event loop). So no request ever holds a connection while it waits
+for a thread, a thread waiting for a connection waits only for threads that are running, and no
+number of clients can starve the pool against the thread pool.
 """
 
 from __future__ import annotations
