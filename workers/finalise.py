@@ -19,6 +19,7 @@ from sqlalchemy import select
 from service import layout
 from service.accounts.models import Account
 from service.audit.service import SYSTEM
+from service.datasets.card import uninformative_heatmaps
 from service.datasets.models import Dataset, DatasetStatus, Shard, ShardStatus
 from service.datasets.transitions import transition
 from service.db import session_scope
@@ -29,7 +30,7 @@ from workers import cleanup, leases, outages, retry, state
 from workers.card import build_card, render_card_md
 from workers.evidence import build_evidence
 from workers.manifest import NotReleasable, load_fragments, write_manifest
-from workers.preview import render_preview, uninformative_heatmaps
+from workers.preview import render_preview
 
 log = logging.getLogger("xraysynth.worker.finalise")
 

@@ -11,32 +11,6 @@ from PIL import Image, ImageDraw
 
 PREVIEW_COLUMNS = 8
 TILE = 128
-# the model card's heatmap faithfulness entry (models.faithfulness.with_heatmap_faithfulness)
-CARD_KEY = "heatmaps"
-
-
-def uninformative_heatmaps(model_card: dict | None) -> dict[str, str]:
-    """Condition -> why its heatmaps are not evidence, for each condition the model card measured as
-    uninformative; conditions the card did not measure are absent."""
-    section = (model_card or {}).get(CARD_KEY)
-    per = section.get("conditions") if isinstance(section, dict) else None
-    out = {}
-    for condition, v in (per or {}).items():
-        if not isinstance(v, dict) or v.get("informative") is not False:
-            continue
-        syn = v.get("synthetic") or {}
-        empty = syn.get("empty_share") if isinstance(syn.get("empty_share"), (int, float)) else 0.0
-        margin, se = syn.get("margin"), syn.get("margin_se") or 0.0
-        points_somewhere = isinstance(margin, (int, float)) and margin - 2 * se > 0
-        if empty >= 1.0:
-            out[condition] = "the classifier finds no evidence"
-        elif points_somewhere:
-            out[condition] = f"{empty:.0%} of them are empty, the classifier often finds no evidence"
-        elif empty > 0:
-            out[condition] = f"{empty:.0%} of them are empty and the region the rest mark matters no more than a random one"
-        else:
-            out[condition] = "the region they mark matters no more than a random one"
-    return out
 
 
 def band_label(condition: str, n: int, uninformative: dict[str, str] | None = None) -> str:

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from service import layout, storage
 from service.accounts.models import Account, Role
 from service.audit.service import Actor, record
-from service.datasets.card import DatasetCard
+from service.datasets.card import DatasetCard, heatmap_faithfulness
 from service.datasets.models import Dataset, DatasetStatus, ShardStatus
 from service.datasets.service import to_public
 from service.errors import Conflict, Gone, Unprocessable
@@ -118,6 +118,7 @@ def dataset_card(session: Session, *, dataset: Dataset, viewer: Account) -> dict
     mv = session.get(ModelVersion, dataset.model_version_id)
     public = to_public(session, dataset)
     min_patients = get_settings().min_training_patients
+    faithfulness = heatmap_faithfulness(mv.card, dataset.spec) if dataset.heatmaps else None
     return DatasetCard(
         provisional=True,
         note="provisional: built from the request; the final card is published with the release",
@@ -139,4 +140,5 @@ def dataset_card(session: Session, *, dataset: Dataset, viewer: Account) -> dict
         review=reviews_service.review_state(session, dataset=dataset, viewer=viewer, researcher_view=viewer.role != Role.admin),
         privacy_summary=dataset.privacy_summary,
         progress=public["progress"],
+        **({} if faithfulness is None else {"heatmap_faithfulness": faithfulness}),
     ).to_json()

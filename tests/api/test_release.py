@@ -3,11 +3,15 @@ revocation (objects deleted, earlier URLs refused, later downloads 410)."""
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 import pytest
+
+from tests.factories import make_model_version
 
 EXPECTED = ["manifest.csv", "dataset_card.md", "dataset_card.json", "preview.png",
             "shards/shard-00000.tar", "shards/shard-00001.tar"]
@@ -165,3 +169,20 @@ def test_provisional_card_before_release(api, researcher, model, request_dataset
     assert card["request"]["conditions"] == {"Mass": 10} and card["request"]["seed"] == 7
     assert card["model"]["privacy"]["memorisation_filter"]["same_patient_catch_rate"] == 0.96
     assert "bundle.pt" not in str(card) and "privacy_index" not in str(card)
+
+
+def test_the_provisional_card_names_the_requested_conditions_whose_heatmaps_are_not_evidence(
+        api, researcher, db, request_dataset):
+    # The shipped default's own measurement: in it, Mass heatmaps are uninformative, No Finding's are not.
+    shipped = json.loads((Path(__file__).resolve().parents[2] / "models/checkpoints/default/card.json").read_text())
+    make_model_version(db, name="cxr-dcgan", version="1.0", conditions=("No Finding", "Mass"),
+                       card={"licences": ["CC BY 4.0"], "heatmaps": shipped["heatmaps"]})
+    db.commit()
+    ds = request_dataset(researcher, conditions={"Mass": 3, "No Finding": 2})
+    card = api.get(f"/v1/datasets/{ds['id']}/card", headers=researcher.headers).json()
+    assert card["provisional"] is True
+    section = card["heatmap_faithfulness"]
+    assert list(section["uninformative_conditions"]) == ["Mass"]
+    assert section["rule"] and section["method"]
+    without = request_dataset(researcher, conditions={"Mass": 1}, heatmaps=False)
+    assert "heatmap_faithfulness" not in api.get(f"/v1/datasets/{without['id']}/card", headers=researcher.headers).json()

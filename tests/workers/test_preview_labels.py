@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from workers.preview import band_label, render_preview, uninformative_heatmaps
+from service.datasets.card import uninformative_heatmaps
+from workers.preview import band_label, render_preview
 
 SHIPPED_CARD = Path(__file__).resolve().parents[2] / "models" / "checkpoints" / "default" / "card.json"
 
