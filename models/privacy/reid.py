@@ -146,6 +146,7 @@ def space_from_payload(p: dict):
         as_np = lambda t: t.float().numpy() if hasattr(t, "numpy") and hasattr(t, "float") else np.asarray(t)  # noqa: E731
         return LinearSpace(as_np(p["projection"]), as_np(p["offset"]), int(p.get("size", SIZE)), dict(p.get("info") or {}))
     if kind == "cnn":
+        # lazy: only a bundle with a CNN verifier needs the network code
         from models.privacy.reid_cnn import cnn_from_payload
 
         return cnn_from_payload(p)

@@ -94,7 +94,8 @@ class CNNSpace:
     kind = "cnn"
 
     def __init__(self, net: ReidNet, size: int = SIZE, info: dict | None = None):
-        self.net, self.size, self.info = net.eval(), int(size), dict(info or {})
+        # channels-last: oneDNN runs these convolutions ~1.35x faster on CPU (as the worker does for its nets)
+        self.net, self.size, self.info = net.eval().to(memory_format=torch.channels_last), int(size), dict(info or {})
         self.name = f"learnt CNN verifier ({self.size} px, {net.arch} trunk, {net.dim}-d embedding, {self.info.get('loss', 'metric')} loss)"
 
     def index(self, pixels_uint8, batch_size: int = INDEX_BATCH) -> np.ndarray:
@@ -104,7 +105,8 @@ class CNNSpace:
         out = []
         with torch.inference_mode():
             for s in range(0, len(px), batch_size):
-                out.append(self.net(standardise(from_uint8(px[s : s + batch_size]), self.size)).float().numpy())
+                x = standardise(from_uint8(px[s : s + batch_size]), self.size).contiguous(memory_format=torch.channels_last)
+                out.append(self.net(x).float().numpy())
         return np.concatenate(out).astype(np.float32)
 
     def query(self, pixels_uint8) -> np.ndarray:

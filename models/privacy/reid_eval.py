@@ -122,7 +122,10 @@ def evaluate_space(space, trainset, *, seed: int = 0, query_batch: int = 512) ->
     pid = np.asarray(trainset.patient_ids).astype(str)
     codes_ho = _codes(pid[ho])
     x_tr, x_ho = space.index(imgs[tr]), space.index(imgs[ho])
-    q_ho = np.concatenate([space.query(imgs[ho[s : s + query_batch]]) for s in range(0, len(ho), query_batch)], axis=1)
+    if getattr(space, "kind", "") in ("linear", "cnn"):  # one query variant, the index vector: don't embed twice
+        q_ho = x_ho[None]
+    else:
+        q_ho = np.concatenate([space.query(imgs[ho[s : s + query_batch]]) for s in range(0, len(ho), query_batch)], axis=1)
 
     # Calibration: held-out images against the training index.
     d_train, _ = nearest(q_ho, x_tr)

@@ -82,6 +82,7 @@ def caveat(section: dict) -> str:
 
 def _fit_cnn(args, ts, tr, seed: int, out: Path):
     """A saved CNN fit (``--cnn-weights`` pattern) or a fresh one, saved beside the report."""
+    # lazy: loaded on first use, so importing models.privacy stays torch-free
     from models.privacy.reid_train import fit_cnn, load_space, save_space
 
     path = Path(args.cnn_weights.format(seed=seed)) if args.cnn_weights else None
@@ -89,6 +90,7 @@ def _fit_cnn(args, ts, tr, seed: int, out: Path):
         return load_space(path)
     init = None
     if args.cnn_arch == "classifier":
+        # lazy: as above
         from models.bundle import load_bundle
 
         init = load_bundle(args.bundle).classifier.body.state_dict()

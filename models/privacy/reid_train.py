@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from models.imaging import from_uint8
 from models.metrics import two_sample_auc
-from models.privacy.reid_cnn import SIZE, CNNSpace, ReidNet, standardise
+from models.privacy.reid_cnn import SIZE, CNNSpace, ReidNet, cnn_from_payload, standardise
 
 ES_FRACTION = 0.15
 ES_SPLIT_SEED = 12345  # fixed: every seed early-stops on the same held-back patients
@@ -174,12 +174,11 @@ def save_space(space: CNNSpace, path) -> None:
 
 
 def load_space(path) -> CNNSpace:
-    from models.privacy.reid_cnn import cnn_from_payload
-
     return cnn_from_payload(torch.load(path, weights_only=True))
 
 
 def main(argv=None) -> None:
+    # lazy: the command line needs them, fit_cnn (used by reid_ship and tests) does not
     from models.trainset import load_trainset
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -202,6 +201,7 @@ def main(argv=None) -> None:
     tr = np.asarray(ts.splits).astype(str) == "train"
     init = None
     if args.init_from_bundle:
+        # lazy: only a classifier-initialised fit reads a bundle
         from models.bundle import load_bundle
 
         init = load_bundle(args.init_from_bundle).classifier.body.state_dict()
