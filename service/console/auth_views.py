@@ -6,6 +6,8 @@ import secrets
 import uuid
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session
 
 from service.accounts.models import Role
 from service.console import sessions
@@ -13,13 +15,13 @@ from service.console.deps import CheckedForm, PageCaller
 from service.console.render import PageRoute, error_page, redirect, render
 from service.datasets import service as datasets_service
 from service.datasets.models import DatasetStatus
-from service.deps import SessionDep
+from service.deps import SessionDep, UnitOfWorkRoute
 from service.errors import ApiError
 from service.reviews import service as reviews_service
 from service.settings import get_settings
 
 router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)
-api = APIRouter(prefix="/ui/api", include_in_schema=False)  # JSON: errors keep the one JSON shape
+api = APIRouter(prefix="/ui/api", route_class=UnitOfWorkRoute, include_in_schema=False)  # JSON: errors keep the one JSON shape
 fallback = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)  # included last
 
 
@@ -42,7 +44,11 @@ def login_page(request: Request):
 
 @router.post("/login")
 async def login(request: Request, session: SessionDep):
-    form = await request.form()
+    form = await request.form()  # on the event loop; the sign-in itself (database, Redis) in one thread hop
+    return await run_in_threadpool(_sign_in, request, session, form)
+
+
+def _sign_in(request: Request, session: Session, form):
     if not sessions.csrf_ok(request.cookies.get(sessions.LOGIN_CSRF_COOKIE), form.get("csrf_token")):
         return _login_form(request, error="The sign-in form expired; please try again.", status_code=403)
     try:
@@ -85,7 +91,7 @@ def home(request: Request, session: SessionDep, caller: PageCaller):
                   remaining=datasets_service.remaining_quota(session, account=caller.account))
 
 
-@api.get("/datasets/{dataset_id}/progress")
+@api.get("/datasets/{dataset_id}/progress")  # one hop: a sync route of a UnitOfWorkRoute router
 def progress(dataset_id: uuid.UUID, request: Request, session: SessionDep) -> dict:
     caller = sessions.current(session, request)
     ds = datasets_service.get_visible(session, dataset_id=dataset_id, account=caller.account)

@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
 from service.accounts.models import Role
@@ -17,8 +19,20 @@ from service.errors import Forbidden, Unprocessable
 from service.text import control_character
 
 
-def page_caller(request: Request, session: SessionDep) -> ConsoleCaller:
-    return sessions.current(session, request)
+def _signed_in(session: Session, request: Request) -> ConsoleCaller:
+    try:
+        caller = sessions.current(session, request)
+    except BaseException:
+        session.rollback()
+        raise
+    session.commit()  # the session's last use; its connection goes back before the page's own hop
+    return caller
+
+
+async def page_caller(request: Request, session: SessionDep) -> ConsoleCaller:
+    """The signed-in caller, in a thread hop that ends its transaction (as the REST key lookup does):
+    no page holds a connection while it waits for the thread that renders it."""
+    return await run_in_threadpool(_signed_in, session, request)
 
 
 PageCaller = Annotated[ConsoleCaller, Depends(page_caller)]

@@ -9,7 +9,6 @@ from pathlib import Path
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
-from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader
 from markupsafe import Markup, escape
 
@@ -17,6 +16,7 @@ from service.console import figures
 from service.console.sessions import SignInRequired
 from service.datasets.models import DatasetStatus
 from service.datasets.transitions import TRANSITIONS
+from service.deps import UnitOfWorkRoute
 from service.errors import ApiError
 
 HERE = Path(__file__).resolve().parent
@@ -74,9 +74,10 @@ def redirect(url: str) -> RedirectResponse:
     return RedirectResponse(url, status_code=303)
 
 
-class PageRoute(APIRoute):
-    """A console page: domain errors render an error page with their status instead of the JSON shape;
-    a missing or ended session sends the browser to the sign-in page."""
+class PageRoute(UnitOfWorkRoute):
+    """A console page: one unit of work in one thread hop (as the REST routes); domain errors render an
+    error page with their status instead of the JSON shape; a missing or ended session sends the
+    browser to the sign-in page."""
 
     def get_route_handler(self):
         handler = super().get_route_handler()

@@ -179,9 +179,9 @@ def test_a_hundred_clients_on_two_connections_all_get_answers_and_health_keeps_a
     assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
 
 
-def test_every_rest_route_that_uses_the_database_commits_inside_its_one_thread_hop(infra):
+def test_every_route_that_uses_the_database_commits_inside_its_one_thread_hop(infra):
     """A plain APIRoute would serialise its answer in a second thread hop while its session still holds
-    a connection: the starvation above. New routers must use UnitOfWorkRoute."""
+    a connection: the starvation above. New routers (REST and console) must use UnitOfWorkRoute."""
     from fastapi.routing import APIRoute
 
     from service.deps import UnitOfWorkRoute, get_session
@@ -190,7 +190,11 @@ def test_every_rest_route_that_uses_the_database_commits_inside_its_one_thread_h
     def uses_session(dependant) -> bool:
         return dependant.call is get_session or any(uses_session(d) for d in dependant.dependencies)
 
-    routes = [r for router in ROUTERS for r in router.routes if isinstance(r, APIRoute)]
+    from service.console import admin_manage, admin_review, auth_views, researcher_views
+
+    console = (auth_views.api, auth_views.router, auth_views.fallback, admin_review.router, admin_manage.router,
+               researcher_views.router)
+    routes = [r for router in (*ROUTERS, *console) for r in router.routes if isinstance(r, APIRoute)]
     assert routes
     offenders = sorted(f"{sorted(r.methods)} {r.path}" for r in routes
                        if uses_session(r.dependant) and not isinstance(r, UnitOfWorkRoute))
