@@ -76,7 +76,7 @@ def caveat(section: dict) -> str:
         f"caught at 1% false positives) and at the threshold that flags 1% of new patients' images it catches "
         f"{catch:.1%} of held-out patients' other images. So the filter removes copies and near-copies, but does NOT "
         "reliably protect against a generated image that shows a training patient's anatomy in a new pose, exposure or "
-        f"disease state: about {1 - catch:.0%} of such images would be released."
+        f"disease state: about {1 - catch:.1%} of such images would be released."
     )
 
 
@@ -127,7 +127,8 @@ def run(args) -> dict:
     tr = np.asarray(ts.splits).astype(str) == "train"
     timings, evals = {}, {}
     fits, flags = {"linear": {}, "cnn": {}}, {"linear": [], "cnn": []}
-    cmd = f"python -m models.privacy.reid_ship --bundle {args.bundle} --trainset {args.trainset}"
+    cmd = f"python -m models.privacy.reid_ship --bundle {args.bundle} --trainset {args.trainset}" + (
+        f" --cnn-weights '{args.cnn_weights}'" if args.cnn_weights else "") + (" --write-bundle" if args.write_bundle else "")
     families = ["linear"] + (["cnn"] if not args.no_cnn else [])
     for fam in families:
         for seed in SEEDS:
