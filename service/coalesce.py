@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
-from weakref import WeakKeyDictionary
+
+from service.loop_local import LoopLocal
 
 
 class ReadCoalescer:
-    """One per event loop: its futures belong to the loop that made them."""
+    """One per event loop (service.loop_local): its futures belong to the loop that made them."""
 
     def __init__(self) -> None:
         self._running: dict[Hashable, asyncio.Future] = {}
@@ -61,13 +62,9 @@ class ReadCoalescer:
         return len(self._running) + len(self._queued)
 
 
-_per_loop: WeakKeyDictionary[asyncio.AbstractEventLoop, ReadCoalescer] = WeakKeyDictionary()
+_per_loop: LoopLocal[ReadCoalescer] = LoopLocal()
 
 
 def coalescer() -> ReadCoalescer:
-    """The running loop's coalescer (tests and the one-box service may run several loops in turn)."""
-    loop = asyncio.get_running_loop()
-    found = _per_loop.get(loop)
-    if found is None:
-        found = _per_loop[loop] = ReadCoalescer()
-    return found
+    """The running loop's coalescer."""
+    return _per_loop.get(ReadCoalescer)

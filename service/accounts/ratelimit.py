@@ -21,7 +21,6 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
-from weakref import WeakKeyDictionary
 
 from limits import RateLimitItem, parse
 from redis import asyncio as aioredis
@@ -32,6 +31,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.errors import ApiError
+from service.loop_local import LoopLocal
 
 FLUSH_S = 0.1
 BATCH_SHARE = 0.05
@@ -159,16 +159,13 @@ class SharedRateLimiter:
                                        headers={"Retry-After": str(RETRY_AFTER_UNAVAILABLE_S)}) from exc
 
 
-_per_loop: WeakKeyDictionary[asyncio.AbstractEventLoop, SharedRateLimiter] = WeakKeyDictionary()
+_per_loop: LoopLocal[SharedRateLimiter] = LoopLocal()
 
 
 def limiter_for_loop(redis_url: str, limit: str) -> SharedRateLimiter:
     """The running loop's limiter for these settings (a new one when they change)."""
-    loop = asyncio.get_running_loop()
-    found = _per_loop.get(loop)
-    if found is None or found.settings != (redis_url, limit):
-        found = _per_loop[loop] = SharedRateLimiter(redis_url, limit)
-    return found
+    return _per_loop.get(lambda: SharedRateLimiter(redis_url, limit),
+                         still_fits=lambda found: found.settings == (redis_url, limit))
 
 
 def reset() -> None:

@@ -11,12 +11,10 @@ each reader then applies its own visibility rule to it.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from dataclasses import dataclass
 from functools import lru_cache
 from types import SimpleNamespace
-from weakref import WeakKeyDictionary
 
 import anyio
 import psycopg
@@ -32,6 +30,7 @@ from service.datasets.schemas import DatasetList, DatasetPublic
 from service.datasets.service import public_fields
 from service.db import get_engine
 from service.errors import NotFound
+from service.loop_local import LoopLocal
 from service.modelversions.models import ModelVersion
 from service.settings import get_settings
 
@@ -87,7 +86,7 @@ class _PostgresReads:
         raise AssertionError("unreachable")
 
 
-_pools: WeakKeyDictionary[asyncio.AbstractEventLoop, _PostgresReads] = WeakKeyDictionary()
+_pools: LoopLocal[_PostgresReads] = LoopLocal()
 
 
 def _postgres() -> _PostgresReads | None:
@@ -95,17 +94,13 @@ def _postgres() -> _PostgresReads | None:
     settings = get_settings()
     if not settings.database_url.startswith("postgresql"):
         return None
-    loop = asyncio.get_running_loop()
-    found = _pools.get(loop)
-    if found is None:
-        found = _pools[loop] = _PostgresReads(settings.database_url, settings.db_read_pool_size,
-                                              settings.db_pool_timeout_s)
-    return found
+    return _pools.get(lambda: _PostgresReads(settings.database_url, settings.db_read_pool_size,
+                                             settings.db_pool_timeout_s))
 
 
 async def close() -> None:
     """Close the running loop's connections (at the app's shutdown)."""
-    found = _pools.pop(asyncio.get_running_loop(), None)
+    found = _pools.pop()
     if found is not None and found.opened:
         await found.pool.close()
 
