@@ -1,14 +1,14 @@
 """Do the heatmaps show the finding? A deletion test and the share of empty heatmaps, per condition.
 
 For condition c and each image (real test images that carry c; synthetic images generated for c),
-the Grad-CAM of c picks the hottest 10 % of pixels. Those are replaced by the image's own mean grey
+the Grad-CAM of c (relative to a blank image of the same mean grey, models/gradcam.py) picks the hottest 10 % of pixels. Those are replaced by the image's own mean grey
 level (a blur would leave the large, low-contrast opacities most findings are), and the
 classifier's probability for c is read again. The control deletes a region of the same shape and size at a random place (the
 hot mask circularly shifted by a random offset), so the comparison is between *where* the map
 points and anywhere else, not between a blob and scattered pixels. The margin is
 mean(p_after_random - p_after_hot): positive when the map's region matters more than a random one.
-An *empty* heatmap is one with no positive evidence anywhere (ReLU of the weighted activations is
-zero everywhere); those images carry no region and are left out of the deletion test.
+An *empty* heatmap is one with no positive evidence anywhere (the image raises the condition's logit
+over the blank image nowhere); those images carry no region and are left out of the deletion test.
 
 ``card_section(result)`` gives the model card's entry (``with_heatmap_faithfulness(card, entry)`` puts it
 under ``card["heatmaps"]``); a condition is ``informative`` when at most
@@ -118,8 +118,12 @@ def card_section(result: dict) -> dict:
         margin, se = syn.get("margin"), syn.get("margin_se") or 0.0
         informative = syn["empty_share"] <= MAX_EMPTY_SHARE and margin is not None and margin - 2 * se > 0
         per[c] = {"informative": informative, "synthetic": syn, "real": r["real"]}
-    return {"method": ("Grad-CAM of the requested condition; deleting its hottest 10 % of pixels vs a same-shaped "
-                       "region at a random place (mean-grey fill); margin = mean(p after random - p after hot)"),
+    return {"method": ("Grad-CAM of the requested condition relative to a blank image of the same mean grey level; "
+                       "deleting its hottest 10 % of pixels vs a same-shaped region at a random place (mean-grey "
+                       "fill); margin = mean(p after random - p after hot)"),
+            "caveat": ("the map's baseline is the deletion's fill, so the test checks that the map points at the pixels "
+                       "the classifier uses, not that the classifier uses the finding rather than a shortcut (source, "
+                       "markers, exposure)"),
             "heatmap_resolution": result["heatmap_resolution"], "split": result["split"],
             "rule": (f"informative: <= {MAX_EMPTY_SHARE:.0%} empty synthetic heatmaps and a synthetic margin more "
                      "than two standard errors above 0"),

@@ -114,4 +114,4 @@ def heatmap_faithfulness(model_card: dict | None, conditions: Iterable[str]) -> 
         return None
     unin = uninformative_heatmaps(model_card)
     return {"uninformative_conditions": {c: unin[c] for c in conditions if c in unin},
-            "rule": measured.get("rule"), "method": measured.get("method")}
+            "rule": measured.get("rule"), "method": measured.get("method"), "caveat": measured.get("caveat")}

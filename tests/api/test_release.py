@@ -173,10 +173,10 @@ def test_provisional_card_before_release(api, researcher, model, request_dataset
 
 def test_the_provisional_card_names_the_requested_conditions_whose_heatmaps_are_not_evidence(
         api, researcher, db, request_dataset):
-    # The shipped default's own measurement: in it, Mass heatmaps are uninformative, No Finding's are not.
-    shipped = json.loads((Path(__file__).resolve().parents[2] / "models/checkpoints/default/card.json").read_text())
+    # A measured model card in which Mass heatmaps are uninformative and No Finding's are not.
+    measured = json.loads((Path(__file__).resolve().parents[1] / "fixtures/plain_gradcam_heatmaps.json").read_text())
     make_model_version(db, name="cxr-dcgan", version="1.0", conditions=("No Finding", "Mass"),
-                       card={"licences": ["CC BY 4.0"], "heatmaps": shipped["heatmaps"]})
+                       card={"licences": ["CC BY 4.0"], "heatmaps": measured})
     db.commit()
     ds = request_dataset(researcher, conditions={"Mass": 3, "No Finding": 2})
     card = api.get(f"/v1/datasets/{ds['id']}/card", headers=researcher.headers).json()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from models.gradcam import gradcam_batch
+from models.gradcam import blank_feature_maps, gradcam_batch
 from models.networks import Classifier
 from models.train import fit_classifier
 
@@ -72,3 +72,19 @@ def test_heatmap_peak_is_in_the_planted_quadrant():
         assert (mass == quads[rows, k]).mean() >= 0.9, (k, (mass == quads[rows, k]).mean())
         assert (peak == quads[rows, k]).mean() >= 0.75, (k, (peak == quads[rows, k]).mean())
         assert (r.probs.numpy() > 0.5).mean() >= 0.85  # and the classifier actually learnt the task
+
+
+
+def test_blank_baseline_matches_uniform_images_and_the_map_adds_up_to_the_logit_over_blank():
+    torch.manual_seed(0)
+    clf = Classifier(3, 8).eval().requires_grad_(False)
+    grey = torch.tensor([-0.9, -0.31, 0.0, 0.27, 0.8])
+    exact = clf.feature_map(grey[:, None, None, None].expand(-1, 1, 128, 128))
+    assert (blank_feature_maps(clf, grey) - exact).abs().max() <= 0.02 * exact.abs().max()
+    # Completeness for this GAP + linear head: the relative map's cells (before ReLU and scaling) sum
+    # to logit(image) - logit(blank image of the same mean grey).
+    x = torch.rand(4, 1, 128, 128) * 2 - 1
+    fmap, mean = clf.feature_map(x), x.mean(dim=(1, 2, 3))
+    cells = torch.einsum("k,bkhw->bhw", clf.fc.weight[0], fmap - blank_feature_maps(clf, mean)) / fmap[0, 0].numel()
+    blank = mean[:, None, None, None].expand_as(x)
+    assert torch.allclose(cells.sum((1, 2)), clf(x)[:, 0] - clf(blank)[:, 0], atol=0.02 * float(cells.abs().sum((1, 2)).max()))

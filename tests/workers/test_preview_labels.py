@@ -13,11 +13,12 @@ from PIL import Image
 from service.datasets.card import uninformative_heatmaps
 from workers.preview import band_label, render_preview
 
-SHIPPED_CARD = Path(__file__).resolve().parents[2] / "models" / "checkpoints" / "default" / "card.json"
+# A model card whose measurement found uninformative conditions (the shipped default under plain Grad-CAM).
+MEASURED = Path(__file__).resolve().parents[1] / "fixtures" / "plain_gradcam_heatmaps.json"
 
 
 def shipped_card() -> dict:
-    return json.loads(SHIPPED_CARD.read_text())
+    return {"name": "plain-grad-cam", "heatmaps": json.loads(MEASURED.read_text())}
 
 
 def test_a_condition_with_all_heatmaps_empty_is_labelled_uninformative_with_why():

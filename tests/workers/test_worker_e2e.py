@@ -34,7 +34,7 @@ from tests.workers.conftest import (
 )
 
 REPO_RUNS = Path(__file__).resolve().parents[2] / "runs"
-SHIPPED_CARD = Path(__file__).resolve().parents[2] / "models" / "checkpoints" / "default" / "card.json"
+MEASURED_HEATMAPS = Path(__file__).resolve().parents[1] / "fixtures" / "plain_gradcam_heatmaps.json"
 
 
 def cli(*args: str):
@@ -55,10 +55,10 @@ def sha(data: bytes) -> str:
 
 def test_request_to_verified_download(model_version, toy_model, researcher, researcher_b, admin, api, api_server,
                                       start_worker, tmp_path):
-    # the model's card carries the shipped default's heatmap measurement (Atelectasis and Mass uninformative)
+    # the model's card carries a heatmap measurement in which Atelectasis and Mass are uninformative
     with session_scope() as s:
         mv = s.get(ModelVersion, model_version.id)
-        mv.card = with_heatmap_faithfulness(mv.card, json.loads(SHIPPED_CARD.read_text())["heatmaps"])
+        mv.card = with_heatmap_faithfulness(mv.card, json.loads(MEASURED_HEATMAPS.read_text()))
     png_id = request_dataset(api, researcher, PLANT_SPEC, PLANT_SEED, "png", heatmaps=True)
     dcm_id = request_dataset(api, researcher, {"Mass": 5, "No Finding": 4}, 7, "dicom", heatmaps=False)
     approve(api, admin, png_id)
