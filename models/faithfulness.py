@@ -1,9 +1,10 @@
 """Do the heatmaps show the finding? A deletion test and the share of empty heatmaps, per condition.
 
 For condition c and each image (real test images that carry c; synthetic images generated for c),
-the Grad-CAM of c (relative to a blank image of the same mean grey, models/gradcam.py) picks the hottest 10 % of pixels. Those are replaced by the image's own mean grey
-level (a blur would leave the large, low-contrast opacities most findings are), and the
-classifier's probability for c is read again. The control deletes a region of the same shape and size at a random place (the
+the Grad-CAM of c (relative to a blank image of the same mean grey, models/gradcam.py) picks the
+hottest 10 % of pixels. Those are replaced by the image's own mean grey level (a blur would leave
+the large, low-contrast opacities most findings are), and the classifier's probability for c is
+read again. The control deletes a region of the same shape and size at a random place (the
 hot mask circularly shifted by a random offset), so the comparison is between *where* the map
 points and anywhere else, not between a blob and scattered pixels. The margin is
 mean(p_after_random - p_after_hot): positive when the map's region matters more than a random one.

@@ -92,4 +92,3 @@ def gradcam_batch(classifier: Classifier, x: torch.Tensor, class_idx, out_size: 
         cam = (cam - lo[:, None, None]) / (hi - lo).clamp(min=1e-8)[:, None, None]
         probs = torch.sigmoid(chosen.detach().float())
         return GradcamResult(cam.float(), probs, emb.detach().float())
-
