@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import DateTime, Enum, Float, Integer, String, UniqueConstraint
+from sqlalchemy import DateTime, Enum, Float, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.db import Base, JsonDoc
@@ -26,7 +26,7 @@ class ModelVersion(Base):
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     name: Mapped[str] = mapped_column(String(80))
     version: Mapped[str] = mapped_column(String(40))
-    architecture: Mapped[str] = mapped_column(String(80))
+    architecture: Mapped[str] = mapped_column(Text)  # shown whole on cards and the console
     image_size: Mapped[int] = mapped_column(Integer)
     conditions: Mapped[list[str]] = mapped_column(JsonDoc)
     checkpoint_key: Mapped[str] = mapped_column(String(400))

@@ -50,7 +50,7 @@ def model_version_fields(
     return {
         "name": name,
         "version": version,
-        "architecture": str(card.get("architecture") or DEFAULT_ARCHITECTURE)[:80],
+        "architecture": str(card.get("architecture") or DEFAULT_ARCHITECTURE),
         "image_size": int(card.get("image_size") or 128),
         "conditions": list(card.get("conditions") or []),
         "checkpoint_key": layout.checkpoint_key(name, version),

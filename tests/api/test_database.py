@@ -7,6 +7,8 @@ import uuid
 
 import psycopg
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import DBAPIError
 
@@ -25,6 +27,8 @@ def test_migrations_up_down_up_on_a_fresh_database(infra):
     try:
         upgrade(url)
         assert set(inspect(engine).get_table_names()) == {t.name for t in Base.metadata.sorted_tables} | {"alembic_version"}
+        with engine.connect() as conn:  # the migrated schema is the one the models declare
+            assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
         downgrade(url, "base")
         inspector = inspect(engine)
         assert set(inspector.get_table_names()) <= {"alembic_version"}
@@ -47,3 +51,16 @@ def test_audit_rows_cannot_be_changed(db, researcher, statement):
         db.execute(text(statement))
     db.rollback()
     assert db.query(AuditEvent).filter_by(action="forged").count() == 0
+
+
+def test_a_model_version_keeps_its_whole_architecture(db):
+    """The shipped default's description (86 characters) was cut to 80 on cards and the console."""
+    from models.registry import ARCHITECTURE
+    from service.modelversions.rows import model_version_row
+
+    card = {"architecture": ARCHITECTURE + " (and a longer note a hospital may add to its own card)" * 3}
+    row = model_version_row(card=card, sha256="0" * 64, name="long-architecture", version="1")
+    db.add(row)
+    db.commit()
+    db.expire_all()
+    assert db.get(type(row), row.id).architecture == card["architecture"]
