@@ -39,7 +39,7 @@ _PUBLIC = select(
     Dataset.format, Dataset.heatmaps, Dataset.seed, Dataset.purpose, Dataset.status, Dataset.done_images,
     Dataset.error, Dataset.progress_note, Dataset.created_at, Dataset.updated_at,
     Account.name.label("owner_name"), ModelVersion.name.label("model_name"),
-    ModelVersion.version.label("model_version"),
+    ModelVersion.version.label("model_version"), ModelVersion.conditions.label("model_conditions"),
 ).join(Account, Account.id == Dataset.account_id).join(ModelVersion, ModelVersion.id == Dataset.model_version_id)
 _ONE = _PUBLIC.where(Dataset.id == bindparam("dataset_id"))
 
@@ -120,7 +120,8 @@ async def _rows(query: Select, params: dict) -> list:
 
 def _public(row) -> DatasetPublic:
     owner = SimpleNamespace(id=row.account_id, name=row.owner_name)
-    model = SimpleNamespace(id=row.model_version_id, name=row.model_name, version=row.model_version)
+    model = SimpleNamespace(id=row.model_version_id, name=row.model_name, version=row.model_version,
+                            conditions=row.model_conditions)
     return DatasetPublic.model_validate(public_fields(row, owner, model))
 
 

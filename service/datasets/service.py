@@ -34,7 +34,7 @@ NOT_COUNTED = (S.rejected, S.cancelled)
 
 # A dataset names its model by id, name and version: its card, metrics and calibration (large JSON) stay
 # unread.
-_MODEL_REF = [load_only(ModelVersion.id, ModelVersion.name, ModelVersion.version)]
+_MODEL_REF = [load_only(ModelVersion.id, ModelVersion.name, ModelVersion.version, ModelVersion.conditions)]
 # What choosing a model for a request reads (the release policy), not its card or metrics.
 _MODEL_POLICY = [load_only(ModelVersion.id, ModelVersion.name, ModelVersion.version, ModelVersion.conditions,
                            ModelVersion.patients_per_condition, ModelVersion.status, ModelVersion.published_at,
@@ -47,16 +47,23 @@ def to_public(session: Session, ds: Dataset, *, owner: Account | None = None, mo
     return public_fields(ds, owner, mv)
 
 
+def ordered_spec(spec: dict[str, int], conditions: Sequence[str] | None) -> dict[str, int]:
+    """A request's conditions in its model's order. PostgreSQL keeps JSONB keys by length, so the
+    stored order is neither the researcher's nor any order a reader would expect."""
+    rank = {c: i for i, c in enumerate(conditions or [])}
+    return dict(sorted(spec.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
+
+
 def public_fields(ds, owner, mv) -> dict:
     """The public view of a dataset from anything with its columns (an ORM row or a Core row), its
-    owner's id and name, and its model's id, name and version."""
+    owner's id and name, and its model's id, name, version and conditions."""
     base = f"/v1/datasets/{ds.id}"
     return {
         "id": ds.id,
         "status": ds.status,
         "owner": {"id": owner.id, "name": owner.name},
         "model": {"id": mv.id, "name": mv.name, "version": mv.version},
-        "conditions": ds.spec,
+        "conditions": ordered_spec(ds.spec, mv.conditions),
         "total_images": ds.total_images,
         "format": ds.format,
         "heatmaps": ds.heatmaps,

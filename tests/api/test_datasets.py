@@ -13,6 +13,11 @@ def test_request_is_stored_pending_review_with_defaults(api, researcher, model, 
     assert body["status"] == "pending_review"
     assert body["conditions"] == {"No Finding": 5, "Mass": 10}  # the model's condition order
     assert list(body["conditions"]) == ["No Finding", "Mass"]
+    # Read back from JSONB (which keeps keys by length: Mass first), still in the model's order.
+    assert list(api.get(f"/v1/datasets/{body['id']}", headers=researcher.headers).json()["conditions"]) == ["No Finding", "Mass"]
+    [listed] = api.get("/v1/datasets", headers=researcher.headers).json()["datasets"]
+    assert list(listed["conditions"]) == ["No Finding", "Mass"]
+    assert list(api.get(f"/v1/datasets/{body['id']}/card", headers=researcher.headers).json()["request"]["conditions"]) == ["No Finding", "Mass"]
     assert body["total_images"] == 15 and body["progress"] == {"done": 0, "total": 15}
     assert body["model"] == {"id": str(model.id), "name": "cxr-dcgan", "version": "1.0"}
     assert body["format"] == "png" and body["heatmaps"] is True
