@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from service.accounts import keycache, ratelimit
 from service.accounts.keys import hash_api_key
 from service.accounts.models import Account, ApiKey, Role
-from service.accounts.service import account_for_key, actor_of
+from service.accounts.service import account_for_key_hash, actor_of
 from service.audit.service import Actor
 from service.coalesce import coalescer
 from service.db import get_sessionmaker
@@ -141,12 +141,12 @@ async def _check_rate(key: ApiKey) -> None:
                           headers={"Retry-After": str(decision.retry_after_s)})
 
 
-def _look_up(token: str, digest: str) -> tuple[Account, ApiKey] | None:
+def _look_up(digest: str) -> tuple[Account, ApiKey] | None:
     """The key's rows, read in a short session of their own (its connection is back in the pool
     before this thread is) and kept in the key cache."""
     seen = keycache.generation()
     with get_sessionmaker()() as session:
-        found = account_for_key(session, plain_key=token)
+        found = account_for_key_hash(session, key_hash=digest)
         session.commit()  # ends the read; the rows stay loaded (expire_on_commit=False; a rollback would expire them)
     if found is not None:
         keycache.put(digest, *found, ttl_s=get_settings().auth_cache_s, seen_generation=seen)
@@ -165,7 +165,7 @@ async def _identify(credentials: HTTPAuthorizationCredentials | None) -> tuple[A
     digest = hash_api_key(token, get_settings().api_key_pepper)
     # Concurrent first requests of one key share a lookup (service.coalesce), as do those that
     # arrive together when its cache entry expires.
-    found = keycache.get(digest) or await coalescer().read(("api-key", digest), lambda: run_in_threadpool(_look_up, token, digest))
+    found = keycache.get(digest) or await coalescer().read(("api-key", digest), lambda: run_in_threadpool(_look_up, digest))
     if found is None:
         raise Unauthorized("unknown or revoked API key")
     account, key = found

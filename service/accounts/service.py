@@ -65,11 +65,13 @@ def revoke_key(session: Session, *, key_id: uuid.UUID | None = None, prefix: str
 
 
 def account_for_key(session: Session, *, plain_key: str) -> tuple[Account, ApiKey] | None:
+    return account_for_key_hash(session, key_hash=hash_api_key(plain_key, get_settings().api_key_pepper))
+
+
+def account_for_key_hash(session: Session, *, key_hash: str) -> tuple[Account, ApiKey] | None:
+    """The live key with this keyed hash and its account (the API hashes a key once per request)."""
     # One round trip: the account comes with its key (every request authenticates).
-    key = session.scalar(
-        select(ApiKey).options(joinedload(ApiKey.account))
-        .where(ApiKey.key_hash == hash_api_key(plain_key, get_settings().api_key_pepper))
-    )
+    key = session.scalar(select(ApiKey).options(joinedload(ApiKey.account)).where(ApiKey.key_hash == key_hash))
     if key is None or key.revoked_at is not None:
         return None
     return key.account, key
