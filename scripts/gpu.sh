@@ -64,7 +64,7 @@ case "${1:-}" in
     work=$(mktemp -d)
     "$PY" -m models.gpu_pack unpack --pack runs/gpu/pack.npz --out "$work/trainset"
     "$PY" -m models.ablation --trainset "$work/trainset" --out "$work/ablation" --steps "${2:-2000}" \
-      --batch "${3:-128}" --device "$DEVICE" --threads "$(nproc --all)"
+      --batch "${3:-128}" --device "$DEVICE" --threads "$(nproc --all)" --score-seeds 777,1,2,3,4
     mkdir -p "$OUT" && cp "$work/ablation/ablation.json" "$OUT/ablation.json" ;;
   bench)
     bench "${2:-1024}" ;;
