@@ -53,7 +53,7 @@ def score(bundle_path, trainset, seeds: tuple[int, ...] = (777,), device: str = 
         fake = embed_images(b.classifier, generate_images(b.generator, va.labels.astype("float32"), seed, dev), dev)
         runs.append({"val_fd": frechet_distance(fake, real), **precision_recall_coverage(real, fake)})
     out = {**runs[0], **{m: float(np.mean([r[m] for r in runs])) for m in METRICS}, "n_val": len(va),
-           "sample_seeds": list(seeds)}
+           "sample_seeds": list(seeds), "per_seed": runs}  # per seed: arms are compared pairwise
     if len(seeds) > 1:
         out.update({f"{m}_sd": float(np.std([r[m] for r in runs], ddof=1)) for m in METRICS})
     return out
