@@ -47,13 +47,6 @@ def to_public(session: Session, ds: Dataset, *, owner: Account | None = None, mo
     return public_fields(ds, owner, mv)
 
 
-def ordered_spec(spec: dict[str, int], conditions: Sequence[str] | None) -> dict[str, int]:
-    """A request's conditions in its model's order. PostgreSQL keeps JSONB keys by length, so the
-    stored order is neither the researcher's nor any order a reader would expect."""
-    rank = {c: i for i, c in enumerate(conditions or [])}
-    return dict(sorted(spec.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
-
-
 def public_fields(ds, owner, mv) -> dict:
     """The public view of a dataset from anything with its columns (an ORM row or a Core row), its
     owner's id and name, and its model's id, name, version and conditions."""
@@ -63,7 +56,8 @@ def public_fields(ds, owner, mv) -> dict:
         "status": ds.status,
         "owner": {"id": owner.id, "name": owner.name},
         "model": {"id": mv.id, "name": mv.name, "version": mv.version},
-        "conditions": ordered_spec(ds.spec, mv.conditions),
+        # Image order (service.layout), not the stored JSONB's, which PostgreSQL keeps by key length.
+        "conditions": dict(layout.image_blocks(ds.spec, mv.conditions)),
         "total_images": ds.total_images,
         "format": ds.format,
         "heatmaps": ds.heatmaps,

@@ -19,7 +19,7 @@ from service.accounts.models import Account, Role
 from service.audit.service import Actor, record
 from service.datasets.card import DatasetCard, heatmap_faithfulness
 from service.datasets.models import Dataset, DatasetStatus, ShardStatus
-from service.datasets.service import ordered_spec, to_public
+from service.datasets.service import to_public
 from service.errors import Conflict, Gone, Unprocessable
 from service.modelversions import service as models_service
 from service.modelversions.models import ModelVersion
@@ -133,7 +133,7 @@ def dataset_card(session: Session, *, dataset: Dataset, viewer: Account) -> dict
             "conditions": models_service.condition_offers(mv, min_patients=min_patients),
         },
         request={
-            "conditions": ordered_spec(dataset.spec, mv.conditions), "total_images": dataset.total_images, "format": dataset.format.value,
+            "conditions": dict(layout.image_blocks(dataset.spec, mv.conditions)), "total_images": dataset.total_images, "format": dataset.format.value,
             "heatmaps": dataset.heatmaps, "seed": dataset.seed, "purpose": dataset.purpose,
             "requested_by": public["owner"]["name"], "requested_at": dataset.created_at.isoformat(),
         },
