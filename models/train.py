@@ -149,8 +149,9 @@ def _resolve_config(cfg: GanConfig, ck: dict | None, console) -> GanConfig:
 
 def _new_state(cfg: GanConfig, n_classes: int, device) -> GanState:
     torch.manual_seed(cfg.seed)  # weight init; everything after draws from (seed, step) generators
-    G = Generator(cfg.nz, n_classes, cfg.ngf, cfg.emb_dim).to(device)
-    D = Discriminator(n_classes, cfg.ndf, cfg.d_norm).to(device)
+    # channels-last convolutions: a plain step took 1.2-1.3x as long on this project's CPUs
+    G = Generator(cfg.nz, n_classes, cfg.ngf, cfg.emb_dim).to(device, memory_format=torch.channels_last)
+    D = Discriminator(n_classes, cfg.ndf, cfg.d_norm).to(device, memory_format=torch.channels_last)
     return GanState(G=G, D=D, G_ema=copy.deepcopy(G).eval().requires_grad_(False),
                     optG=torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2)),
                     optD=torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2)))
@@ -165,7 +166,7 @@ def _plain_batches(cfg: GanConfig, tr: TrainSet, device):
     def draw(g):
         idx = torch.multinomial(weights, cfg.batch_size, replacement=True, generator=g)
         y = y_all[idx].to(device)
-        return images_to_float(x_all[idx]).to(device), y, y
+        return images_to_float(x_all[idx]).to(device, memory_format=torch.channels_last), y, y
 
     return draw
 
