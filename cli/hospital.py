@@ -146,8 +146,8 @@ def models_package(
 ) -> None:
     """Write a bundle as the checkpoint `make run` ships: name and version in its card, card.json beside it."""
     # lazy: the API image has no models/ or workers/, and `xraysynth --help` stays torch-free
-    from models.bundle import load_bundle, write_atomic
-    from models.registry import bundle_checkpoint
+    from models.bundle import load_bundle
+    from models.registry import bundle_checkpoint, write_bundle
 
     b = load_bundle(bundle)
     b.card = card = {**b.card, "name": name, "version": version}
@@ -158,8 +158,7 @@ def models_package(
         raise _fail(f"the checkpoint is {len(data) / 2**20:.1f} MiB; a shipped one must stay under "
                     f"{SHIPPED_MAX_BYTES / 2**20:.0f} MiB")
     target = out or default_checkpoint_dir()
-    write_atomic(target / "bundle.pt", data)
-    (target / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
+    write_bundle(target / "bundle.pt", b, card_beside=True)
     console.print(f"[green]packaged[/] {name}:{version} → {target} ({len(data) / 2**20:.1f} MiB)")
 
 

@@ -30,10 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bundle import load_bundle, save_bundle
+from .bundle import load_bundle
 from .classifier_train import fit_classifier
 from .conditions import RARE_CONDITIONS
 from .metrics import frechet_distance, roc_auc
+from .registry import card_json as card_text
+from .registry import write_bundle
 from .sampling import console as _console
 from .sampling import embed_images, generate_images, pick_device, predict_probs
 from .trainset import load_trainset
@@ -241,14 +243,11 @@ def evaluate_bundle(cfg: EvalConfig) -> dict:
     metrics["evaluated_at_s"] = time.time() - t0
     metrics["config"] = asdict(cfg)
 
-    card = dict(bundle.card)
-    card["metrics"] = metrics
+    bundle.card = card = {**bundle.card, "metrics": metrics}
     out = Path(cfg.out or cfg.model)
-    save_bundle(out, generator=bundle.generator.cpu(), classifier=bundle.classifier.cpu(),
-                discriminator=bundle.discriminator.cpu() if bundle.discriminator is not None else None,
-                conditions=bundle.conditions, config=bundle.config, card=card)
+    write_bundle(out, bundle)
     if cfg.card_json:
-        Path(cfg.card_json).write_text(json.dumps(card, indent=2, default=_json_default))
+        Path(cfg.card_json).write_text(card_text(card))
     print_report(metrics, console)
     console.print(f"evaluate: {time.time() - t0:.0f} s; card metrics written to {out}")
     return metrics
@@ -327,14 +326,6 @@ def _goals(m: dict) -> dict:
                                      "real_plus_synthetic": a["rare_recall_real_plus_synthetic"],
                                      "met": (a["rare_recall_real_plus_synthetic"] or 0) > (a["rare_recall_real_only"] or 0)}
     return g
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 def print_report(m: dict, console) -> None:

@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .bundle import load_bundle, write_atomic
+from .bundle import load_bundle
 from .gradcam import gradcam_batch
 from .latents import latent_batch
-from .registry import with_card
+from .registry import write_bundle
 from .sampling import images_to_float
 from .trainset import load_trainset
 
@@ -139,11 +139,8 @@ def with_heatmap_faithfulness(card: dict, section: dict) -> dict:
 def write_card_section(bundle_path, section: dict) -> None:
     """Put the entry into a bundle's card (weights, fp16 and verifier kept) and into card.json beside it."""
     b = load_bundle(bundle_path)
-    card = with_heatmap_faithfulness(dict(b.card), section)
-    write_atomic(bundle_path, with_card(bundle_path, card)[0])
-    card_path = Path(bundle_path).with_name("card.json")
-    if card_path.exists():
-        card_path.write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
+    b.card = with_heatmap_faithfulness(dict(b.card), section)
+    write_bundle(bundle_path, b)
 
 
 def _fmt(x) -> str:

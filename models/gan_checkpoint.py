@@ -95,3 +95,26 @@ def warm_start(st: GanState, path) -> dict:
     st.step = int((b.card.get("training") or {}).get("steps") or 0)
     return {"from_bundle": str(path), "bundle_step": st.step, "bundle_name": b.card.get("name"),
             "bundle_version": b.card.get("version")}
+
+
+def inherited_verifier(warm_start: dict | None, console=None) -> tuple[dict | None, dict | None]:
+    """The warm-start bundle's re-identification verifier and its card figures, for the continued bundle.
+
+    The verifier and its held-out figures depend on real patients only, not on the generator, so a
+    continued generator keeps them; the check of the generator's own images must be measured again
+    (``models.privacy.report --write-card``). A warm-start bundle that is no longer on disk gives none.
+    """
+    path = (warm_start or {}).get("from_bundle")
+    if not path or not Path(path).exists():
+        if path and console is not None:
+            console.print(f"[yellow]warm-start bundle {path} is gone: the new bundle carries no verifier[/]")
+        return None, None
+    b = load_bundle(path)
+    section = (b.card.get("privacy") or {}).get("reidentification")
+    if b.verifier is None or not section:
+        return b.verifier, None
+    section = {**section, "filter_on_generated": {
+        "not_measured": "inherited with the verifier from the warm-start bundle; run models.privacy.report "
+                        "--write-card to check this generator's own images"}}
+    section["targets_met"] = {**section.get("targets_met", {}), "generated_flagged": None}
+    return b.verifier, section

@@ -8,10 +8,11 @@ is stored and the row itself belong to service/ (layout, modelversions.rows) and
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .bundle import bundle_bytes, load_bundle
+from .bundle import bundle_bytes, load_bundle, write_atomic
 
 ARCHITECTURE = "conditional DCGAN 128px: embedding + conditional-BN generator, projection discriminator, hinge loss"
 
@@ -105,5 +106,28 @@ def with_card(bundle_source, card: dict) -> tuple[bytes, str]:
     b = load_bundle(bundle_source)
     b.card = card
     return bundle_checkpoint(b)
+
+
+def card_json(card: dict) -> str:
+    """card.json's text: sorted keys, NumPy scalars and arrays as plain JSON."""
+    def plain(o):
+        return o.tolist() if hasattr(o, "tolist") else str(o)
+
+    return json.dumps(card, indent=2, sort_keys=True, default=plain) + "\n"
+
+
+def write_bundle(path, bundle, *, card_beside: bool = False) -> bytes:
+    """Write a loaded bundle atomically with everything it carries (weights, verifier, card).
+
+    Every command that rewrites a card goes through here, so none of them drops the re-identification
+    verifier on the way; card.json beside the bundle is refreshed where one is kept (the shipped
+    default's) or when ``card_beside`` asks for one.
+    """
+    data, _ = bundle_checkpoint(bundle)
+    write_atomic(path, data)
+    beside = Path(path).with_name("card.json")
+    if card_beside or beside.exists():
+        beside.write_text(card_json(bundle.card))
+    return data
 
 

@@ -48,6 +48,7 @@ from .classifier_train import ClassifierConfig, fit_classifier, load_classifier,
 from .gan_checkpoint import (
     RUN_FIELDS,
     bundle_architecture,
+    inherited_verifier,
     load_checkpoint,
     restore,
     save_checkpoint,
@@ -332,8 +333,12 @@ def _package(cfg, st, ts, classifier, calib_labels, run, engine, dp_info, wall_s
     card = build_card(trainset=ts, config=bundle_cfg,
                       training={**asdict(cfg), **{k: v for k, v in summary.items() if k != "history"}},
                       classifier_trained=cfg.classifier is not None)
+    verifier, reid_section = inherited_verifier(run.get("warm_start"), console)
+    if reid_section:
+        card["privacy"] = {"reidentification": reid_section}
+        card["caveats"] = [*card["caveats"], *filter(None, [reid_section.get("does_not_protect_against")])]
     save_bundle(out / "bundle.pt", generator=final_G.cpu(), classifier=classifier.cpu(), discriminator=D.cpu(),
-                conditions=ts.conditions, config=bundle_cfg, card=card)
+                conditions=ts.conditions, config=bundle_cfg, card=card, verifier=verifier)
     console.print(f"GAN: {step - first_step} steps (to step {step}) in {elapsed / 60:.1f} min ({summary['s_per_iter']:.2f} s/iter); "
                   f"bundle {out / 'bundle.pt'}")
     return summary

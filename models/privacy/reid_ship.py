@@ -113,11 +113,11 @@ def run(args) -> dict:
     import torch
 
     # lazy: loaded on first use, so importing models.privacy stays torch-free
-    from models.bundle import load_bundle, write_atomic
+    from models.bundle import load_bundle
     from models.privacy import build_privacy_index, calibrate
     from models.privacy.reid import NCCSpace, bundle_verifier, fit_linear
     from models.privacy.reid_eval import evaluate_space
-    from models.registry import bundle_checkpoint
+    from models.registry import write_bundle
     from models.trainset import load_trainset
 
     torch.set_num_threads(args.threads)
@@ -207,10 +207,7 @@ def run(args) -> dict:
         card["privacy"] = {**dict(card.get("privacy") or {}), "reidentification": section}
         card["caveats"] = [c for c in card.get("caveats", []) if not c.startswith("Re-identification check:")] + [section["does_not_protect_against"]]
         bundle.card = card
-        write_atomic(args.bundle, bundle_checkpoint(bundle)[0])
-        card_path = Path(args.bundle).with_name("card.json")
-        if card_path.exists():
-            card_path.write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
+        write_bundle(args.bundle, bundle)
     return report
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+REID_GENERATED_N = 2000  # the bundle's own images checked per check (the size reid_ship reports)
+
 
 def _generate_fn(bundle, seed: int, labels_for):
     """The worker's generate_fn shape: (indices, attempts) -> (uint8 pixels, embeddings, None)."""
@@ -182,6 +184,15 @@ def run(args) -> dict:
     report["generated"] = gen
     report["evidence_histogram"] = evidence
     timings["generate_filter"] = time.time() - t
+    if index.reid is not None:
+        # lazy: reid_ship imports this module's generators in turn
+        from models.privacy.reid_ship import generated_check
+
+        t = time.time()
+        # per check, at the first attempt, as reid_ship measures when it ships the verifier
+        report["reidentification_on_generated"] = generated_check(
+            bundle, index, cal, min(args.n_generated, REID_GENERATED_N), seed=args.seed)
+        timings["reidentification_on_generated"] = time.time() - t
 
     t = time.time()
     report["membership_inference"] = membership_inference(
@@ -282,12 +293,24 @@ def card_section(report: dict) -> dict:
 
 
 def write_card_section(bundle_path, report: dict) -> None:
+    """The card's privacy section from this report. The verifier's own figures (measured on real
+    patients only, by reid_ship) are kept; its check of the generator's images is this report's."""
     # lazy: loaded on first use, so importing models.privacy stays torch-free
-    from models.bundle import load_bundle, write_atomic
-    from models.registry import with_card
+    from models.bundle import load_bundle
+    from models.registry import write_bundle
 
-    card = {**load_bundle(bundle_path).card, "privacy": card_section(report)}
-    write_atomic(bundle_path, with_card(bundle_path, card)[0])
+    b = load_bundle(bundle_path)
+    privacy = card_section(report)
+    reid = (b.card.get("privacy") or {}).get("reidentification")
+    if reid:
+        gen = report.get("reidentification_on_generated")
+        if gen is not None:
+            met = {**reid.get("targets_met", {}),
+                   "generated_flagged": gen["flagged_either"] <= reid.get("targets", {}).get("generated_flagged", 0.02)}
+            reid = {**reid, "filter_on_generated": gen, "targets_met": met}
+        privacy["reidentification"] = reid
+    b.card = {**b.card, "privacy": privacy}
+    write_bundle(bundle_path, b)
 
 
 if __name__ == "__main__":

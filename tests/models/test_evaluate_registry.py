@@ -11,6 +11,7 @@ import torch
 from models.bundle import load_bundle, save_bundle, untrained_bundle
 from models.conditions import CONDITIONS
 from models.evaluate import EvalConfig, evaluate_bundle
+from models.privacy.reid import NCCSpace, bundle_verifier
 from models.registry import build_card, bundle_checkpoint, file_checkpoint, with_card
 from models.trainset import load_trainset, write_trainset
 from service.layout import checkpoint_key as object_key
@@ -36,11 +37,11 @@ def tiny(tmp_path):
     b = untrained_bundle(config=SMALL)
     card = build_card(trainset=ts, config=b.config, training={"steps": 0})
     path = save_bundle(tmp_path / "b.pt", generator=b.generator, classifier=b.classifier, discriminator=None,
-                       conditions=b.conditions, config=b.config, card=card)
+                       conditions=b.conditions, config=b.config, card=card, verifier=bundle_verifier(NCCSpace()))
     return tmp_path, ts, path
 
 
-def test_evaluate_writes_the_metrics_section(tiny):
+def test_evaluate_writes_the_metrics_section_and_keeps_the_verifier(tiny):
     tmp, _, path = tiny
     m = evaluate_bundle(EvalConfig(model=str(path), trainset=str(tmp / "ts"), out=str(tmp / "e.pt"),
                                    card_json=str(tmp / "card.json"), eval_epochs=0.2, eval_width=4, topup_to=30,
@@ -51,8 +52,10 @@ def test_evaluate_writes_the_metrics_section(tiny):
     assert fd["fd"] >= 0 and fd["floor"] >= 0 and fd["n_synthetic"] == 36 and fd["n_reference"] == 24
     assert "nih_only" in m["frechet"] and "nih_only" in m["tstr"] and "nih_only" in m["augmentation"]
     assert m["augmentation"]["synthetic_added"]["Hernia"] == 30 - 6
-    card = load_bundle(tmp / "e.pt").card
-    assert card["metrics"]["frechet"]["all_sources"]["fd"] == fd["fd"]
+    evaluated = load_bundle(tmp / "e.pt")
+    assert evaluated.card["metrics"]["frechet"]["all_sources"]["fd"] == fd["fd"]
+    # an evaluated bundle that lost its verifier would publish without the re-identification check
+    assert evaluated.verifier is not None and evaluated.verifier["kind"] == "ncc"
     assert json.loads((tmp / "card.json").read_text())["metrics"]["extractor"].startswith("xraysynth condition classifier")
 
 

@@ -87,3 +87,27 @@ def test_dp_with_lecam_or_r1_is_refused_before_anything_is_written(tiny_trainset
     with pytest.raises(ValueError, match="not available with --dp"):
         train_gan(GanConfig(trainset=str(tiny_trainset), out=str(tmp_path / "dp"), iters=2, dp=True, r1=0.1, **TINY))
     assert not (tmp_path / "dp").exists()
+
+
+def test_a_continued_bundle_keeps_its_parents_verifier_and_asks_for_its_own_images_to_be_checked(tiny_trainset, tmp_path):
+    from models.bundle import save_bundle
+    from models.privacy.reid import NCCSpace, bundle_verifier
+
+    first = tmp_path / "first"
+    train_gan(GanConfig(trainset=str(tiny_trainset), out=str(first), iters=2, **TINY))
+    b = load_bundle(first / "bundle.pt")
+    heldout = {"source_matched_auc": 0.7, "loo_catch_rate_crossfit": 0.002}
+    card = {**b.card, "privacy": {"reidentification": {
+        "shipped": "registered NCC", "verifier_heldout": heldout, "does_not_protect_against": "Re-identification check: weak",
+        "filter_on_generated": {"flagged_either": 0.0035}, "targets_met": {"source_matched_auc": False, "generated_flagged": True}}}}
+    parent = save_bundle(tmp_path / "parent.pt", generator=b.generator, classifier=b.classifier, discriminator=b.discriminator,
+                         conditions=b.conditions, config=b.config, card=card, verifier=bundle_verifier(NCCSpace()))
+
+    train_gan(GanConfig(trainset=str(tiny_trainset), out=str(tmp_path / "next"), iters=3, init_from=str(parent), **TINY))
+    child = load_bundle(tmp_path / "next" / "bundle.pt")
+    assert child.verifier is not None and child.verifier["kind"] == "ncc"
+    reid = child.card["privacy"]["reidentification"]
+    # the verifier's figures on real patients still hold; the parent's check of its own images does not
+    assert reid["verifier_heldout"] == heldout
+    assert "not_measured" in reid["filter_on_generated"] and reid["targets_met"]["generated_flagged"] is None
+    assert "Re-identification check: weak" in child.card["caveats"]

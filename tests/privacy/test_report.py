@@ -36,3 +36,34 @@ def test_report_end_to_end(bundle, tmp_path):
     # Figures only: no patient or image ids of real training images in the report.
     text = path.read_text()
     assert not any(pid in text for pid in ts.patient_ids) and not any(iid in text for iid in ts.image_ids)
+
+
+def test_writing_the_privacy_section_keeps_the_verifiers_figures_and_rechecks_the_generators_images(bundle, tmp_path):
+    from models.bundle import load_bundle
+    from models.privacy.reid import NCCSpace, bundle_verifier
+
+    ts = make_trainset(n_patients=45, per_patient=2, seed=9, splits=("train", "val", "test"))
+    meta = [{"image_id": i, "patient_id": p, "split": s, "source": src, "license": "CC BY 4.0", "view": "PA"}
+            for i, p, s, src in zip(ts.image_ids, ts.patient_ids, ts.splits, ts.sources)]
+    write_trainset(tmp_path / "trainset", ts.images, ts.labels, meta, ts.conditions)
+    heldout = {"source_matched_auc": 0.61, "loo_catch_rate_crossfit": 0.001}
+    card = {**bundle.card, "privacy": {"reidentification": {
+        "verifier_heldout": heldout, "targets": {"generated_flagged": 0.02},
+        "filter_on_generated": {"not_measured": "inherited"}, "targets_met": {"generated_flagged": None}}}}
+    path = save_bundle(tmp_path / "bundle.pt", generator=bundle.generator, classifier=bundle.classifier,
+                       discriminator=bundle.discriminator, conditions=bundle.conditions, config=bundle.config,
+                       card=card, verifier=bundle_verifier(NCCSpace()))
+    (tmp_path / "card.json").write_text("{}")
+    report.main(["--bundle", str(path), "--trainset", str(tmp_path / "trainset"), "--out", str(tmp_path / "out"),
+                 "--n-generated", "32", "--mia-n", "20", "--mia-generated", "40", "--threads", "2", "--write-card"])
+
+    written = load_bundle(path)
+    privacy = written.card["privacy"]
+    assert privacy["filter_on_generated"]["n_images"] == 32 and "threshold" in privacy["calibration"]
+    reid = privacy["reidentification"]
+    assert reid["verifier_heldout"] == heldout  # measured on real patients: not this report's to change
+    gen = reid["filter_on_generated"]
+    assert gen["n_images"] == 32 and 0.0 <= gen["flagged_either"] <= 1.0
+    assert reid["targets_met"]["generated_flagged"] == (gen["flagged_either"] <= 0.02)
+    assert written.verifier is not None and written.verifier["kind"] == "ncc"
+    assert json.loads((tmp_path / "card.json").read_text())["privacy"]["reidentification"]["filter_on_generated"] == gen
