@@ -27,6 +27,7 @@ from .bundle import load_bundle
 from .classifier_train import fit_classifier
 from .conditions import RARE_CONDITIONS
 from .metrics import roc_auc
+from .registry import write_bundle
 from .sampling import generate_images, pick_device, predict_probs
 from .trainset import load_trainset
 
@@ -139,6 +140,22 @@ def summarise(runs: dict, names: list[str]) -> dict:
     return out
 
 
+CARD_KEY = "augmentation_experiment"
+
+
+def card_entry(res: dict, command: str) -> dict:
+    """What the model card keeps of a run: sizes, the per-class and macro summaries over seeds, the command."""
+    return {k: res[k] for k in ("classes", "n_train_real", "n_synthetic", "target_per_class", "train_counts", "n_val",
+                                "n_test", "test_positives", "seeds", "epochs", "width", "summary")} | {"command": command}
+
+
+def write_card_entry(bundle_path, key: str, entry: dict) -> None:
+    """Store one run (``key``: which classes) under the card's augmentation experiment, beside the other runs."""
+    b = load_bundle(bundle_path)
+    b.card = {**b.card, CARD_KEY: {**(b.card.get(CARD_KEY) or {}), key: entry}}
+    write_bundle(bundle_path, b)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", required=True)
@@ -151,6 +168,8 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="runs/seed_experiment.json")
+    p.add_argument("--write-card", action="store_true",
+                   help="store the summary in the bundle's card (section augmentation_experiment, under the classes)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     classes = SEED_CLASSES if a.classes == "seed" else None if a.classes == "all" else a.classes.split(",")
@@ -158,6 +177,11 @@ def main(argv=None) -> None:
               a.width, a.device)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=2))
+    if a.write_card:
+        command = "python -m models.seed_experiment " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items()
+            if k in ("bundle", "trainset", "classes", "seeds", "target", "epochs", "width") and v is not None)
+        write_card_entry(a.bundle, a.classes, card_entry(res, command))
     s = res["summary"]
     for arm in ("real", "real+synthetic"):
         m = s[arm]

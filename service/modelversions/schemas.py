@@ -81,6 +81,8 @@ class PublicModelCard(BaseModel):
     differential_privacy: Any = None
     # per-condition shares of empty heatmaps and deletion margins: aggregates only, no image
     heatmaps: Any = None
+    # the seed study's experiment (real vs real + synthetic top-up): per-class figures over seeds
+    augmentation_experiment: Any = None
     created_at: Any = None
     training_data: PublicTrainingData | None = None
 

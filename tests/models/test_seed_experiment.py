@@ -37,3 +37,23 @@ def test_the_top_up_brings_every_class_to_the_target_and_both_arms_are_scored_pe
     assert 0 <= per["threshold"] <= 1 and per["n_pos"] == res["test_positives"]["No Finding"]
     with pytest.raises(ValueError):
         run(tmp_path / "b.pt", ts, ["Not A Condition"], seeds=(0,), target=5, width=4, max_steps=1)
+
+
+def test_the_experiments_summary_goes_into_the_card_researchers_read_beside_earlier_runs(tmp_path):
+    from models.bundle import load_bundle
+    from models.seed_experiment import CARD_KEY, main
+    from service.modelversions.service import researcher_card
+
+    ts = write_tiny_trainset(tmp_path / "ts", n=80)
+    b = untrained_bundle(config={"nz": 16, "ngf": 4, "ndf": 4, "emb_dim": 8, "classifier_width": 4})
+    path = save_bundle(tmp_path / "b.pt", generator=b.generator, classifier=b.classifier, discriminator=b.discriminator,
+                       conditions=b.conditions, config=b.config, card={**b.card, CARD_KEY: {"all": {"kept": True}}})
+    main(["--bundle", str(path), "--trainset", str(ts), "--classes", "No Finding,Cardiomegaly", "--seeds", "0",
+          "--target", "30", "--epochs", "0.1", "--width", "4", "--out", str(tmp_path / "r.json"), "--write-card"])
+    card = load_bundle(path).card
+    entry = card[CARD_KEY]["No Finding,Cardiomegaly"]
+    assert entry["classes"] == ["No Finding", "Cardiomegaly"] and entry["seeds"] == [0]
+    assert set(entry["summary"]) >= {"real", "real+synthetic", "rare_balanced_accuracy_gain"}
+    assert "--target 30" in entry["command"] and "runs" not in entry  # aggregates, not per-run detail
+    assert card[CARD_KEY]["all"] == {"kept": True}
+    assert researcher_card(card)[CARD_KEY]["No Finding,Cardiomegaly"]["summary"] == entry["summary"]
