@@ -24,9 +24,13 @@ def ingest_command(
 ) -> None:
     """Read DICOM (CR/DX) and PNG/JPEG chest radiographs + labels into a training set."""
     # torch: loaded when the command runs, so mounting these keeps `xraysynth --help` torch-free
-    from .ingest import ingest
+    from .ingest import IngestError, ingest
 
-    report = ingest(source_dir, labels, out, default_license=default_license)
+    try:
+        report = ingest(source_dir, labels, out, default_license=default_license)
+    except IngestError as e:
+        typer.echo(f"ingest refused: {e}", err=True)
+        raise typer.Exit(code=2) from None
     if report.n_ingested == 0:
         raise typer.Exit(code=1)
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from .conditions import CONDITIONS, canonical
 from .imaging import IMAGE_SIZE, prepare
-from .trainset import image_hash, patient_split, write_trainset
+from .trainset import check_replaceable, image_hash, patient_split, write_trainset
 
 RADIOGRAPH_MODALITIES = {"CR", "DX"}
 # DICOM SOP classes that are projection radiographs, for files that omit Modality.
@@ -37,6 +37,11 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 class Skip(Exception):
     """A file that is not (usable as) a frontal chest radiograph; the message is the reason."""
+
+
+class IngestError(ValueError):
+    """The whole run is refused (labels CSV unreadable or without the needed columns, --out unusable);
+    nothing is written."""
 
 
 @dataclass
@@ -166,16 +171,26 @@ def _parse_conditions(text: str, conditions: list[str]) -> np.ndarray:
 
 def ingest(source_dir, labels_csv, out_dir, *, conditions: list[str] = CONDITIONS, default_license: str = "",
            image_size: int = IMAGE_SIZE, progress: bool = True, console=None) -> IngestReport:
-    """Read every row of ``labels_csv`` (path relative to ``source_dir``) and write the training set."""
+    """Read every row of ``labels_csv`` (path relative to ``source_dir``) and write the training set.
+
+    Nothing is written when no row could be ingested, and an existing set at ``out_dir`` is replaced
+    only by a complete new one. Raises IngestError (before reading any image) for a CSV or --out
+    that cannot work at all.
+    """
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = console or Console(stderr=True)
     source_dir, out_dir = Path(source_dir), Path(out_dir)
+    try:
+        check_replaceable(out_dir)
+    except FileExistsError as e:
+        raise IngestError(f"--out: {e}") from None
     with open(labels_csv, newline="") as f:
         rows = list(csv.DictReader(f))
     if rows and ("path" not in rows[0] or "conditions" not in rows[0] or "patient_id" not in rows[0]):
-        raise ValueError(f"{labels_csv}: needs columns path, conditions, patient_id (got {list(rows[0])})")
+        raise IngestError(f"{labels_csv}: needs columns path, conditions, patient_id (got {list(rows[0])})")
 
     report = IngestReport(n_rows=len(rows))
     images, labels, meta = [], [], []
@@ -217,10 +232,12 @@ def ingest(source_dir, labels_csv, out_dir, *, conditions: list[str] = CONDITION
             })
             bar.advance(task)
 
-    imgs = np.stack(images) if images else np.zeros((0, image_size, image_size), np.uint8)
-    labs = np.stack(labels) if labels else np.zeros((0, len(conditions)), np.uint8)
-    report.n_ingested = len(imgs)
-    report.info = write_trainset(out_dir, imgs, labs, meta, conditions, report.skipped)
+    report.n_ingested = len(images)
+    if not images:
+        console.print(f"[red]no row of {escape(str(labels_csv))} could be ingested: nothing written to "
+                      f"{escape(str(out_dir))}[/]")
+    else:
+        report.info = write_trainset(out_dir, np.stack(images), np.stack(labels), meta, conditions, report.skipped)
     print_summary(report, console)
     return report
 
@@ -229,17 +246,18 @@ def print_summary(report: IngestReport, console) -> None:
     from rich.table import Table
 
     info = report.info
-    t = Table(title=f"ingest: {report.n_ingested} of {report.n_rows} files -> training set "
-                    f"(fingerprint {info.get('fingerprint', '')[:12]})")
-    t.add_column("condition")
-    for s in ("train", "val", "test"):
-        t.add_column(f"{s} images", justify="right")
-    t.add_column("patients", justify="right")
-    per = info.get("images_per_condition_per_split", {})
-    for c in info.get("conditions", []):
-        t.add_row(c, *[str(per.get(s, {}).get(c, 0)) for s in ("train", "val", "test")],
-                  str(info["patients_per_condition"][c]))
-    console.print(t)
+    if info:
+        t = Table(title=f"ingest: {report.n_ingested} of {report.n_rows} files -> training set "
+                        f"(fingerprint {info.get('fingerprint', '')[:12]})")
+        t.add_column("condition")
+        for s in ("train", "val", "test"):
+            t.add_column(f"{s} images", justify="right")
+        t.add_column("patients", justify="right")
+        per = info.get("images_per_condition_per_split", {})
+        for c in info.get("conditions", []):
+            t.add_row(c, *[str(per.get(s, {}).get(c, 0)) for s in ("train", "val", "test")],
+                      str(info["patients_per_condition"][c]))
+        console.print(t)
     if report.skipped:
         reasons: dict[str, int] = {}
         for s in report.skipped:

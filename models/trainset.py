@@ -12,6 +12,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
+import secrets
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from .conditions import CONDITIONS
 
 META_COLUMNS = ["image_id", "patient_id", "split", "source", "license", "view"]
 SPLITS = ("train", "val", "test")
+TRAINSET_FILES = ("images.npy", "labels.npy", "meta.csv", "trainset.json")
 
 # Citations and licence notes for the public sources the reference data was built from.
 KNOWN_SOURCES = {
@@ -148,20 +152,50 @@ def summarise(images, labels, meta_rows: list[dict], conditions: list[str], skip
     }
 
 
+def check_replaceable(out_dir) -> None:
+    """Raise FileExistsError unless ``out_dir`` is absent, empty or a training set: writing one there
+    replaces the whole folder, which must not delete anything else."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file, not a training set folder")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in TRAINSET_FILES)
+        if foreign:
+            raise FileExistsError(f"{out} holds files that are not part of a training set "
+                                  f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); "
+                                  "choose a new or empty folder")
+
+
 def write_trainset(out_dir, images: np.ndarray, labels: np.ndarray, meta_rows: list[dict],
                    conditions: list[str] = CONDITIONS, skipped: list[dict] | None = None) -> dict:
+    """Write the training set all at once: the files go to a hidden sibling folder that then takes
+    ``out_dir``'s place, so a crash or Ctrl-C never leaves new images beside an old trainset.json
+    (a set that loads) and an existing set stays whole until the new one is complete."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    images = np.ascontiguousarray(images, dtype=np.uint8)
-    labels = np.ascontiguousarray(labels, dtype=np.uint8)
-    np.save(out / "images.npy", images)
-    np.save(out / "labels.npy", labels)
-    with open(out / "meta.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=META_COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(meta_rows)
-    info = summarise(images, labels, meta_rows, conditions, skipped or [])
-    (out / "trainset.json").write_text(json.dumps(info, indent=2))
+    check_replaceable(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
+    stage.mkdir()  # not mkdtemp: the folder keeps the umask's permissions, as out_dir had
+    try:
+        images = np.ascontiguousarray(images, dtype=np.uint8)
+        labels = np.ascontiguousarray(labels, dtype=np.uint8)
+        np.save(stage / "images.npy", images)
+        np.save(stage / "labels.npy", labels)
+        with open(stage / "meta.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=META_COLUMNS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(meta_rows)
+        info = summarise(images, labels, meta_rows, conditions, skipped or [])
+        (stage / "trainset.json").write_text(json.dumps(info, indent=2))
+        if out.is_dir() and any(out.iterdir()):
+            old = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.old")
+            os.rename(out, old)
+            os.rename(stage, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(stage, out)  # onto nothing or an empty folder: one atomic rename
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)  # gone already after a successful rename
     return info
 
 

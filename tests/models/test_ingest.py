@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from models.conditions import CONDITIONS
-from models.ingest import Skip, ingest, read_any
+from models.ingest import IngestError, Skip, ingest, read_any
 from models.trainset import load_trainset, patient_split
 
 from .dicom_fixtures import chest_like, compress_jpeg2000, make_dicom
@@ -174,3 +174,63 @@ def test_png_csv_mixed_run_writes_a_training_set(tmp_path):
     assert info["share_alike_noncommercial"]["applies"] is True and info["share_alike_noncommercial"]["sources"] == ["local"]
     assert info["share_alike_noncommercial"]["n_images"] == 1
     assert info["fingerprint"] == ts.fingerprint and len(ts.fingerprint) == 64
+
+
+def _png_source(src, n=3):
+    (src / "png").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray((chest_like(seed=i) >> 4).astype(np.uint8)).save(src / "png" / f"im{i}.png")
+
+
+def test_a_refused_ingest_leaves_the_existing_training_set_untouched(tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    _png_source(src)
+    _write_csv(tmp_path / "good.csv", [{"path": f"png/im{i}.png", "conditions": "Mass", "patient_id": f"p{i}"} for i in range(3)])
+    ingest(src, tmp_path / "good.csv", out, progress=False)
+    before = load_trainset(out).fingerprint
+    _write_csv(tmp_path / "bad.csv", [{"path": "png/missing.png", "conditions": "Mass", "patient_id": "p9"}])
+
+    rep = ingest(src, tmp_path / "bad.csv", out, progress=False)
+    assert rep.n_ingested == 0 and rep.info == {}
+    ts = load_trainset(out)
+    assert ts.fingerprint == before and len(ts) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv", "good.csv", "out", "src"]  # no leftovers
+
+
+def test_an_ingest_with_nothing_usable_writes_no_training_set(tmp_path):
+    _png_source(tmp_path / "src")
+    _write_csv(tmp_path / "labels.csv", [{"path": "png/im0.png", "conditions": "", "patient_id": "p0"}])
+    rep = ingest(tmp_path / "src", tmp_path / "labels.csv", tmp_path / "out", progress=False)
+    assert rep.n_ingested == 0
+    assert not (tmp_path / "out").exists()  # an empty set would pass for a training set later
+
+
+def test_a_write_interrupted_midway_keeps_the_old_training_set_whole(tmp_path, monkeypatch):
+    import models.trainset as trainset_mod
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    _png_source(src)
+    _write_csv(tmp_path / "a.csv", [{"path": f"png/im{i}.png", "conditions": "Mass", "patient_id": f"p{i}"} for i in range(3)])
+    ingest(src, tmp_path / "a.csv", out, progress=False)
+    old = {p.name: p.read_bytes() for p in out.iterdir()}
+    _write_csv(tmp_path / "b.csv", [{"path": "png/im0.png", "conditions": "Edema", "patient_id": "p0"}])
+
+    def interrupted(*a, **k):  # images.npy and labels.npy are written by now
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainset_mod, "summarise", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(src, tmp_path / "b.csv", out, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "b.csv", "out", "src"]
+
+
+def test_ingest_refuses_an_out_folder_that_holds_other_files(tmp_path):
+    _png_source(tmp_path / "src")
+    _write_csv(tmp_path / "labels.csv", [{"path": "png/im0.png", "conditions": "Mass", "patient_id": "p0"}])
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.md").write_text("mine")
+    with pytest.raises(IngestError, match=r"--out: .*notes\.md"):
+        ingest(tmp_path / "src", tmp_path / "labels.csv", tmp_path / "out", progress=False)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.md"]
+
