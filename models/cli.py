@@ -18,7 +18,7 @@ train_app = typer.Typer(help="Train the conditional DCGAN or the condition class
 
 def ingest_command(
     source_dir: Annotated[Path, typer.Argument(help="folder the CSV's paths are relative to", exists=True, file_okay=False)],
-    labels: Annotated[Path, typer.Option("--labels", help="CSV: path, conditions (|-joined), patient_id[, split, source, view, license]", exists=True, dir_okay=False)],
+    labels: Annotated[Path, typer.Option("--labels", help="CSV: path, conditions (|-joined), patient_id[, split, image_id, source, view, license]", exists=True, dir_okay=False)],
     out: Annotated[Path, typer.Option("--out", help="training set folder to write (hospital zone)")],
     default_license: Annotated[str, typer.Option(help="licence for rows whose CSV has none")] = "hospital-internal, not for redistribution",
 ) -> None:

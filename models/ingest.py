@@ -14,6 +14,8 @@ Compressed transfer syntaxes (JPEG, JPEG-LS, JPEG 2000, RLE) decode through pydi
 from __future__ import annotations
 
 import csv
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +35,7 @@ RADIOGRAPH_SOP_CLASSES = {
 CHEST_BODY_PARTS = {"CHEST", "THORAX", "LUNG", "LUNGS", "CHEST_PA", "CHEST PA", "CHEST_AP", "CHEST AP", "TORAX", "THORAX_PA"}
 LATERAL_VIEWS = {"LL", "RL", "LAT", "LATERAL", "LLD", "RLD"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+REQUIRED_COLUMNS = ("path", "conditions", "patient_id")
 
 
 class Skip(Exception):
@@ -149,6 +152,8 @@ def read_image_file(path: Path) -> tuple[np.ndarray, dict]:
 def read_any(path: Path) -> tuple[np.ndarray, dict]:
     if not path.exists():
         raise Skip("file not found")
+    if path.is_dir():
+        raise Skip("a folder, not an image file")
     if _is_dicom(path):
         return read_dicom(path)
     if path.suffix.lower() in IMAGE_SUFFIXES:
@@ -169,6 +174,80 @@ def _parse_conditions(text: str, conditions: list[str]) -> np.ndarray:
     return y
 
 
+def read_labels(labels_csv) -> list[tuple[int, dict]]:
+    """The labels CSV as (line number, row) pairs; raises IngestError naming the file and line.
+
+    Spreadsheet exports vary: a UTF-8 byte-order mark (Excel's "CSV UTF-8"), CRLF, ';' or tab as the
+    delimiter, "Patient ID" for patient_id, spaces around values; all mean the same table.
+    """
+    data = Path(labels_csv).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise IngestError(f"{labels_csv}: line {line} is not UTF-8 text; save the file as CSV UTF-8") from None
+    header = text.splitlines()[0] if text.strip() else ""
+    delimiter = next((d for d in (",", ";", "\t") if d in header), ",")
+    reader = csv.reader(text.splitlines(keepends=True), delimiter=delimiter)
+    names = [re.sub(r"\s+", "_", h.strip().lower()) for h in next(reader, [])]
+    missing = [c for c in REQUIRED_COLUMNS if c not in names]
+    if missing:
+        raise IngestError(f"{labels_csv}: no column {', '.join(missing)} in the header line "
+                          f"(needs {', '.join(REQUIRED_COLUMNS)}; got {', '.join(names) or 'nothing'})")
+    dupes = sorted({n for n in names if n and names.count(n) > 1})
+    if dupes:
+        raise IngestError(f"{labels_csv}: column {', '.join(dupes)} appears twice in the header line")
+    rows = []
+    for values in reader:
+        if not any(v.strip() for v in values):
+            continue  # blank line (a trailing one from a spreadsheet)
+        rows.append((reader.line_num, {n: v.strip() for n, v in zip(names, values) if n}))
+    return rows
+
+
+@dataclass
+class _Seen:
+    """What earlier rows of the CSV took: rows ingested so far may not be repeated or contradicted."""
+
+    paths: dict[str, int] = field(default_factory=dict)  # normalised path -> row
+    image_ids: dict[str, int] = field(default_factory=dict)  # image_id -> row
+    patient_splits: dict[str, tuple[str, int]] = field(default_factory=dict)  # patient -> (split, row)
+    pixels: dict[str, str] = field(default_factory=dict)  # sha256 of the 128 px image -> image_id
+
+    def add(self, line: int, path: str, pid: str, split: str, image_id: str, pixel_hash: str) -> None:
+        self.paths[os.path.normpath(path)] = line
+        self.image_ids[image_id] = line
+        self.patient_splits.setdefault(pid, (split, line))
+        self.pixels[pixel_hash] = image_id
+
+
+def _check_row(i: int, row: dict, conditions: list[str], seen: _Seen):
+    """Everything about a row that needs no pixels -> (patient_id, labels, split, image_id); raises Skip."""
+    if not row.get("path"):
+        raise Skip("no path")
+    pid = row.get("patient_id", "")
+    if not pid:
+        raise Skip("no patient_id (needed for patient-level splits and privacy)")
+    y = _parse_conditions(row.get("conditions", ""), conditions)
+    view = row.get("view", "").upper()
+    if view in LATERAL_VIEWS:
+        raise Skip(f"lateral view ({view} in the view column); only frontal chest radiographs are used")
+    split = row.get("split", "").lower() or patient_split(pid)
+    if split not in ("train", "val", "test"):
+        raise Skip(f"unknown split {row['split']!r} (train, val or test)")
+    if os.path.normpath(row["path"]) in seen.paths:
+        raise Skip(f"path listed twice (already ingested from row {seen.paths[os.path.normpath(row['path'])]})")
+    if pid in seen.patient_splits and seen.patient_splits[pid][0] != split:
+        s0, line0 = seen.patient_splits[pid]
+        # One patient on both sides of a split would leak into evaluation and privacy calibration.
+        raise Skip(f"patient already in another split ({pid} is in {s0} from row {line0}; "
+                   "splits must be patient-level)")
+    image_id = row.get("image_id", "") or f"img{i:06d}"
+    if image_id in seen.image_ids:
+        raise Skip(f"image_id used twice ({image_id} already taken by row {seen.image_ids[image_id]})")
+    return pid, y, split, image_id
+
+
 def ingest(source_dir, labels_csv, out_dir, *, conditions: list[str] = CONDITIONS, default_license: str = "",
            image_size: int = IMAGE_SIZE, progress: bool = True, console=None) -> IngestReport:
     """Read every row of ``labels_csv`` (path relative to ``source_dir``) and write the training set.
@@ -187,48 +266,40 @@ def ingest(source_dir, labels_csv, out_dir, *, conditions: list[str] = CONDITION
         check_replaceable(out_dir)
     except FileExistsError as e:
         raise IngestError(f"--out: {e}") from None
-    with open(labels_csv, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if rows and ("path" not in rows[0] or "conditions" not in rows[0] or "patient_id" not in rows[0]):
-        raise IngestError(f"{labels_csv}: needs columns path, conditions, patient_id (got {list(rows[0])})")
+    rows = read_labels(labels_csv)
 
     report = IngestReport(n_rows=len(rows))
     images, labels, meta = [], [], []
-    seen: dict[str, str] = {}
+    seen = _Seen()
     with Progress(TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, disable=not progress, transient=True) as bar:
         task = bar.add_task("ingest", total=len(rows))
-        for i, row in enumerate(rows):
-            rel = (row.get("path") or "").strip()
+        for i, (line, row) in enumerate(rows):
+            rel = row.get("path", "")
             try:
-                pid = (row.get("patient_id") or "").strip()
-                if not pid:
-                    raise Skip("no patient_id (needed for patient-level splits and privacy)")
-                y = _parse_conditions(row.get("conditions", ""), conditions)
+                pid, y, split, image_id = _check_row(i, row, conditions, seen)
                 arr, facts = read_any(source_dir / rel)
                 if min(arr.shape) < 32:
                     raise Skip(f"image too small ({arr.shape[1]}x{arr.shape[0]})")
+                if np.ptp(arr) == 0:
+                    raise Skip("blank image (every pixel has the same value after the DICOM display transform)")
                 pixels = prepare(arr, image_size)
                 h = image_hash(pixels)
-                if h in seen:
-                    raise Skip(f"duplicate pixels of {seen[h]}")
-                split = (row.get("split") or "").strip() or patient_split(pid)
-                if split not in ("train", "val", "test"):
-                    raise Skip(f"unknown split {split!r}")
-                image_id = (row.get("image_id") or "").strip() or f"img{i:06d}"
-                seen[h] = image_id
+                if h in seen.pixels:
+                    raise Skip(f"duplicate pixels (same image as {seen.pixels[h]})")
             except Skip as reason:
-                report.skipped.append({"path": rel, "reason": str(reason)})
-                console.print(f"[yellow]skip[/] {rel}: {reason}")
+                report.skipped.append({"row": line, "path": rel, "reason": str(reason)})
+                console.print(f"[yellow]skip[/] row {line} {escape(rel)}: {escape(str(reason))}", highlight=False)
                 bar.advance(task)
                 continue
+            seen.add(line, rel, pid, split, image_id, h)
             images.append(pixels)
             labels.append(y)
             meta.append({
                 "image_id": image_id, "patient_id": pid, "split": split,
-                "source": (row.get("source") or "").strip() or "local",
-                "license": (row.get("license") or "").strip() or default_license,
-                "view": (row.get("view") or "").strip() or facts.get("view", ""),
+                "source": row.get("source", "") or "local",
+                "license": row.get("license", "") or default_license,
+                "view": row.get("view", "") or facts.get("view", ""),
             })
             bar.advance(task)
 
@@ -243,6 +314,7 @@ def ingest(source_dir, labels_csv, out_dir, *, conditions: list[str] = CONDITION
 
 
 def print_summary(report: IngestReport, console) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     info = report.info
@@ -267,5 +339,5 @@ def print_summary(report: IngestReport, console) -> None:
         st.add_column("reason")
         st.add_column("files", justify="right")
         for r, n in sorted(reasons.items(), key=lambda kv: -kv[1]):
-            st.add_row(r, str(n))
+            st.add_row(escape(r), str(n))
         console.print(st)

@@ -141,7 +141,7 @@ def test_png_csv_mixed_run_writes_a_training_set(tmp_path):
         arr = (chest_like(seed=i) >> 4).astype(np.uint8)
         Image.fromarray(arr).save(src / "png" / f"im{i}.png")
         rows.append({"path": f"png/im{i}.png", "conditions": ["No Finding", "Effusion|Pleural_Thickening", "Hernia"][i % 3],
-                     "patient_id": f"pat{i // 2}", "split": "" if i < 3 else "test",
+                     "patient_id": f"pat{i // 2}", "split": "" if i < 2 else "test",
                      "license": "CC BY-NC-SA 4.0" if i == 5 else "CC BY 4.0"})
     Image.fromarray(rng.integers(0, 255, (64, 80), dtype=np.uint8)).convert("RGB").save(src / "png" / "c.jpg")
     rows.append({"path": "png/c.jpg", "conditions": "Cardiomegaly", "patient_id": "pat9", "split": "val"})
@@ -151,7 +151,8 @@ def test_png_csv_mixed_run_writes_a_training_set(tmp_path):
     rows.append({"path": "dcm/ct.dcm", "conditions": "Mass", "patient_id": "pat11"})
     rows.append({"path": "png/im0.png", "conditions": "Flu", "patient_id": "pat12"})  # unknown label
     rows.append({"path": "png/missing.png", "conditions": "Mass", "patient_id": "pat13"})
-    rows.append({"path": "png/im1.png", "conditions": "Mass", "patient_id": "pat14"})  # duplicate pixels
+    (src / "png" / "im1_copy.png").write_bytes((src / "png" / "im1.png").read_bytes())
+    rows.append({"path": "png/im1_copy.png", "conditions": "Mass", "patient_id": "pat14"})  # duplicate pixels
     _write_csv(tmp_path / "labels.csv", rows)
 
     rep = ingest(src, tmp_path / "labels.csv", tmp_path / "out", progress=False, default_license="hospital")
@@ -160,7 +161,7 @@ def test_png_csv_mixed_run_writes_a_training_set(tmp_path):
     assert "modality CT" in reasons["dcm/ct.dcm"]
     assert "unknown condition" in reasons["png/im0.png"]
     assert reasons["png/missing.png"] == "file not found"
-    assert reasons["png/im1.png"].startswith("duplicate pixels")
+    assert reasons["png/im1_copy.png"].startswith("duplicate pixels")
 
     ts = load_trainset(tmp_path / "out")
     assert ts.images.shape == (8, 128, 128) and ts.labels.shape == (8, len(CONDITIONS))
@@ -233,4 +234,107 @@ def test_ingest_refuses_an_out_folder_that_holds_other_files(tmp_path):
     with pytest.raises(IngestError, match=r"--out: .*notes\.md"):
         ingest(tmp_path / "src", tmp_path / "labels.csv", tmp_path / "out", progress=False)
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.md"]
+
+
+def test_a_labels_csv_saved_by_excel_with_bom_crlf_and_spaced_headers_is_read(tmp_path):
+    _png_source(tmp_path / "src")
+    _write_csv(tmp_path / "plain.csv", [{"path": f"png/im{i}.png", "conditions": "Mass|Edema", "patient_id": f"p{i}"}
+                                        for i in range(3)])
+    ingest(tmp_path / "src", tmp_path / "plain.csv", tmp_path / "plain", progress=False)
+    lines = ["Patient ID , Conditions,Path "] + [f" p{i} , mass | edema ,png/im{i}.png " for i in range(3)]
+    (tmp_path / "excel.csv").write_bytes(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8-sig"))
+
+    rep = ingest(tmp_path / "src", tmp_path / "excel.csv", tmp_path / "excel", progress=False)
+    assert rep.skipped == [] and rep.n_ingested == 3
+    a, b = load_trainset(tmp_path / "plain"), load_trainset(tmp_path / "excel")
+    assert a.fingerprint == b.fingerprint and list(a.patient_ids) == list(b.patient_ids)
+
+
+def test_a_semicolon_delimited_labels_csv_is_read(tmp_path):
+    _png_source(tmp_path / "src")
+    (tmp_path / "labels.csv").write_text("path;conditions;patient_id\npng/im0.png;Effusion;p0\n")
+    rep = ingest(tmp_path / "src", tmp_path / "labels.csv", tmp_path / "out", progress=False)
+    assert rep.n_ingested == 1
+
+
+def test_a_labels_csv_that_is_not_utf8_is_refused_naming_the_line(tmp_path):
+    _png_source(tmp_path / "src")
+    (tmp_path / "labels.csv").write_bytes("path,conditions,patient_id,source\npng/im0.png,Mass,p0,Hôpital\n".encode("latin-1"))
+    with pytest.raises(IngestError, match=r"labels\.csv: line 2 is not UTF-8"):
+        ingest(tmp_path / "src", tmp_path / "labels.csv", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_ingest_command_refuses_a_csv_without_patient_id_in_one_line_not_a_traceback(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    _png_source(tmp_path / "src")
+    (tmp_path / "labels.csv").write_text("path,conditions\npng/im0.png,Mass\n")
+    res = CliRunner().invoke(app, ["ingest", str(tmp_path / "src"), "--labels", str(tmp_path / "labels.csv"),
+                                   "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2
+    assert "no column patient_id" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "out").exists()
+
+
+def _ingest_rows(tmp_path, rows, fieldnames=("path", "conditions", "patient_id", "split", "view", "image_id")):
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(fieldnames))
+        w.writeheader()
+        w.writerows(rows)
+    rep = ingest(tmp_path / "src", tmp_path / "labels.csv", tmp_path / "out", progress=False)
+    return rep, {s["row"]: s["reason"] for s in rep.skipped}
+
+
+def test_each_skipped_row_names_its_csv_line_and_what_is_wrong(tmp_path):
+    _png_source(tmp_path / "src")
+    rep, reasons = _ingest_rows(tmp_path, [
+        {"path": "png/im0.png", "conditions": "Mass", "patient_id": "p0"},
+        {"path": "", "conditions": "Mass", "patient_id": "p1"},
+        {"path": "png", "conditions": "Mass", "patient_id": "p2"},
+        {"path": "png/im1.png", "conditions": "Mass", "patient_id": "p3", "split": "holdout"},
+    ])
+    assert rep.n_ingested == 1
+    assert reasons == {3: "no path", 4: "a folder, not an image file",
+                       5: "unknown split 'holdout' (train, val or test)"}
+
+
+def test_one_patient_is_never_on_both_sides_of_a_split(tmp_path):
+    _png_source(tmp_path / "src")
+    rep, reasons = _ingest_rows(tmp_path, [
+        {"path": "png/im0.png", "conditions": "Mass", "patient_id": "p0", "split": "train"},
+        {"path": "png/im1.png", "conditions": "Mass", "patient_id": "p0", "split": "test"},
+        {"path": "png/im2.png", "conditions": "Mass", "patient_id": "p0", "split": "Train"},  # same split, any case
+    ])
+    assert rep.n_ingested == 2
+    assert reasons == {3: "patient already in another split (p0 is in train from row 2; splits must be patient-level)"}
+    assert list(load_trainset(tmp_path / "out").splits) == ["train", "train"]
+
+
+def test_an_image_id_or_a_path_listed_twice_is_skipped_naming_the_first_row(tmp_path):
+    _png_source(tmp_path / "src")
+    rep, reasons = _ingest_rows(tmp_path, [
+        {"path": "png/im0.png", "conditions": "Mass", "patient_id": "p0", "image_id": "A"},
+        {"path": "png/im1.png", "conditions": "Mass", "patient_id": "p1", "image_id": "A"},
+        {"path": "png/./im0.png", "conditions": "Edema", "patient_id": "p0"},
+    ])
+    assert rep.n_ingested == 1
+    assert reasons == {3: "image_id used twice (A already taken by row 2)",
+                       4: "path listed twice (already ingested from row 2)"}
+
+
+def test_a_lateral_view_in_the_csv_is_skipped_like_a_lateral_dicom(tmp_path):
+    _png_source(tmp_path / "src")
+    rep, reasons = _ingest_rows(tmp_path, [
+        {"path": "png/im0.png", "conditions": "Mass", "patient_id": "p0", "view": "PA"},
+        {"path": "png/im1.png", "conditions": "Mass", "patient_id": "p1", "view": "lateral"},
+    ])
+    assert rep.n_ingested == 1 and "lateral view (LATERAL" in reasons[3]
+
+
+def test_a_blank_image_is_skipped(tmp_path):
+    img, skipped = _ingest_one(tmp_path, lambda p: make_dicom(p, np.full((200, 200), 700, np.uint16)))
+    assert img is None and skipped[0]["reason"].startswith("blank image")
 
