@@ -5,8 +5,10 @@ on (wrong modality, not a chest, unreadable, no pixels, unknown label, duplicate
 file never stops the run; a summary table closes it.
 
 DICOM display pipeline, in the standard's order: stored values (BitsStored respected) -> Modality
-LUT / rescale slope+intercept -> VOI LUT or window centre/width -> MONOCHROME1 inverted so that
-bright = dense everywhere -> robust percentile window -> centre crop + LANCZOS resize.
+LUT / rescale slope+intercept -> VOI LUT or window centre/width -> MONOCHROME1 (or Presentation LUT
+Shape INVERSE) inverted so that bright = dense everywhere -> robust percentile window -> centre crop +
+LANCZOS resize. An invalid VOI (window width < 1, unknown function, short LUT) is ignored, as viewers
+do: the percentile window that follows still gives a usable image.
 Compressed transfer syntaxes (JPEG, JPEG-LS, JPEG 2000, RLE) decode through pydicom's plugins
 (pylibjpeg, pylibjpeg-openjpeg, pylibjpeg-libjpeg).
 """
@@ -32,9 +34,12 @@ RADIOGRAPH_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
     "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image Storage - For Processing
 }
-CHEST_BODY_PARTS = {"CHEST", "THORAX", "LUNG", "LUNGS", "CHEST_PA", "CHEST PA", "CHEST_AP", "CHEST AP", "TORAX", "THORAX_PA"}
-LATERAL_VIEWS = {"LL", "RL", "LAT", "LATERAL", "LLD", "RLD"}
+# BodyPartExamined is free text in practice ("PORT CHEST", "CHEST_PA", "Thorax"): chest if any word is one of these.
+CHEST_BODY_WORDS = {"CHEST", "THORAX", "LUNG", "LUNGS", "TORAX", "CXR"}
+# Not frontal: laterals, decubitus and obliques.
+LATERAL_VIEWS = {"LL", "RL", "LAT", "LATERAL", "LLD", "RLD", "LLO", "RLO", "OBLIQUE"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+GREYSCALE_OR_COLOUR = {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"}
 REQUIRED_COLUMNS = ("path", "conditions", "patient_id")
 
 
@@ -101,7 +106,7 @@ def read_dicom(path: Path) -> tuple[np.ndarray, dict]:
     elif sop not in RADIOGRAPH_SOP_CLASSES:
         raise Skip("no Modality and SOP class is not CR/DX")
     body = str(getattr(ds, "BodyPartExamined", "") or "").strip().upper()
-    if body and body not in CHEST_BODY_PARTS:
+    if body and not CHEST_BODY_WORDS & set(re.split(r"[^A-Z]+", body)):
         raise Skip(f"body part {body} is not chest")
     view = str(getattr(ds, "ViewPosition", "") or "").strip().upper()
     if view in LATERAL_VIEWS:
@@ -109,22 +114,35 @@ def read_dicom(path: Path) -> tuple[np.ndarray, dict]:
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise Skip("no pixel data")
     try:
+        n_frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        n_frames = 1
+    if n_frames > 1:  # a cine or a stack: which frame is the radiograph is not ours to guess
+        raise Skip(f"multi-frame DICOM ({n_frames} frames); export the radiograph as a single-frame image")
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").strip().upper()
+    if photometric not in GREYSCALE_OR_COLOUR:
+        raise Skip(f"PhotometricInterpretation {photometric} is not a greyscale or colour image")
+    try:
         arr = ds.pixel_array
     except Exception as e:  # noqa: BLE001 — decoder missing, truncated stream, inconsistent header ...
         raise Skip(f"pixel data could not be decoded ({type(e).__name__}: {e})") from None
-    if arr.ndim == 3 and int(getattr(ds, "SamplesPerPixel", 1)) == 1:
-        arr = arr[0]  # multi-frame: the first frame
-    if arr.ndim == 3:  # colour export of a radiograph: luminance
-        arr = arr[..., :3].astype(np.float64).mean(axis=-1)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and int(getattr(ds, "SamplesPerPixel", 1)) > 1:
+        arr = arr[..., :3].astype(np.float64).mean(axis=-1)  # colour export of a radiograph: luminance
     elif arr.ndim != 2:
         raise Skip(f"unexpected pixel array shape {arr.shape}")
     else:
         arr = _mask_bits_stored(arr, ds)
-        arr = apply_modality_lut(arr, ds)
-        arr = apply_voi_lut(arr, ds, index=0)  # VOI LUT sequence, else first window; no-op if none
+        try:
+            arr = apply_modality_lut(arr, ds)
+        except Exception as e:  # noqa: BLE001 — malformed LUT or rescale values: numpy/pydicom errors of any kind
+            raise Skip(f"invalid Modality LUT or RescaleSlope/RescaleIntercept ({type(e).__name__}: {e})") from None
+        try:
+            arr = apply_voi_lut(arr, ds, index=0)  # VOI LUT sequence, else first window; no-op if none
+        except Exception:  # noqa: BLE001 — invalid VOI: ignored (see the module docstring)
+            pass
     arr = np.asarray(arr, dtype=np.float64)
-    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
-    if photometric == "MONOCHROME1":  # 0 = white: flip so that bright = dense, like MONOCHROME2
+    inverse = str(getattr(ds, "PresentationLUTShape", "") or "").strip().upper() == "INVERSE"
+    if photometric == "MONOCHROME1" or inverse:  # 0 = white: flip so that bright = dense, like MONOCHROME2
         arr = arr.max() + arr.min() - arr
     if arr.size == 0 or not np.isfinite(arr).all():
         raise Skip("pixel data empty or not finite")
@@ -142,7 +160,7 @@ def read_image_file(path: Path) -> tuple[np.ndarray, dict]:
                 arr = np.asarray(im, dtype=np.float64)
             else:
                 arr = np.asarray(im.convert("L"), dtype=np.float64)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise Skip(f"unreadable image ({type(e).__name__}: {e})") from None
     if arr.ndim != 2 or arr.size == 0:
         raise Skip("no pixel data")

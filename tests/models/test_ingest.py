@@ -13,7 +13,7 @@ from models.conditions import CONDITIONS
 from models.ingest import IngestError, Skip, ingest, read_any
 from models.trainset import load_trainset, patient_split
 
-from .dicom_fixtures import chest_like, compress_jpeg2000, make_dicom
+from .dicom_fixtures import chest_like, compress_jpeg2000, edit_dicom, make_dicom
 
 pytest.importorskip("pydicom")
 
@@ -338,3 +338,73 @@ def test_a_blank_image_is_skipped(tmp_path):
     img, skipped = _ingest_one(tmp_path, lambda p: make_dicom(p, np.full((200, 200), 700, np.uint16)))
     assert img is None and skipped[0]["reason"].startswith("blank image")
 
+
+def test_a_multi_frame_dicom_is_refused_with_its_frame_count(tmp_path):
+    px = chest_like()
+
+    def make(path):
+        make_dicom(path, px, raw_pixel_bytes=np.stack([px, px, px]).tobytes())
+        edit_dicom(path, lambda ds: setattr(ds, "NumberOfFrames", 3))
+
+    img, skipped = _ingest_one(tmp_path, make)
+    assert img is None and skipped[0]["reason"].startswith("multi-frame DICOM (3 frames)")
+
+
+@pytest.mark.parametrize("edit", [
+    lambda ds: (setattr(ds, "WindowCenter", 1000), setattr(ds, "WindowWidth", 0)),
+    lambda ds: (setattr(ds, "WindowCenter", 1000), setattr(ds, "WindowWidth", 2000), setattr(ds, "VOILUTFunction", "LOG")),
+], ids=["width 0", "unknown function"])
+def test_an_invalid_window_is_ignored_like_a_viewer_does_not_a_crash_of_the_run(tmp_path, edit):
+    px = chest_like()
+    plain = _reference(tmp_path / "plain", px)
+    img, skipped = _ingest_one(tmp_path / "bad", lambda p: edit_dicom(make_dicom(p, px), edit))
+    assert skipped == [] and np.array_equal(img.astype(int), plain)
+
+
+def test_a_malformed_modality_lut_skips_the_file_not_the_run(tmp_path):
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    def short_lut(ds):
+        item = Dataset()
+        item.LUTDescriptor = [4096, 0, 16]
+        item.add_new(0x00283006, "US", [1, 2, 3])  # LUT Data: 3 entries for 4096
+        ds.ModalityLUTSequence = Sequence([item])
+
+    img, skipped = _ingest_one(tmp_path, lambda p: edit_dicom(make_dicom(p, chest_like()), short_lut))
+    assert img is None and skipped[0]["reason"].startswith("invalid Modality LUT")
+
+
+def test_presentation_lut_shape_inverse_is_shown_inverted_so_bone_is_bright(tmp_path):
+    px = chest_like()
+    mono2 = _reference(tmp_path / "m2", px)
+    inverse, skipped = _ingest_one(tmp_path / "inv", lambda p: edit_dicom(
+        make_dicom(p, 4095 - px), lambda ds: setattr(ds, "PresentationLUTShape", "INVERSE")))
+    assert skipped == [] and np.abs(inverse.astype(int) - mono2).mean() < 2.0
+    # MONOCHROME1 carries INVERSE as well (the DX module asks for it): still one inversion, not two
+    mono1, _ = _ingest_one(tmp_path / "m1", lambda p: edit_dicom(
+        make_dicom(p, 4095 - px, photometric="MONOCHROME1"), lambda ds: setattr(ds, "PresentationLUTShape", "INVERSE")))
+    assert np.abs(mono1.astype(int) - mono2).mean() < 2.0
+
+
+def test_a_palette_colour_dicom_is_refused(tmp_path):
+    img, skipped = _ingest_one(tmp_path, lambda p: make_dicom(p, chest_like(), photometric="PALETTE COLOR"))
+    assert img is None and "PALETTE COLOR" in skipped[0]["reason"]
+
+
+@pytest.mark.parametrize("body_part", ["PORT CHEST", "CHEST_PA", "THORAX AP"])
+def test_free_text_chest_body_parts_are_accepted(tmp_path, body_part):
+    img, skipped = _ingest_one(tmp_path, lambda p: make_dicom(p, chest_like(), body_part=body_part))
+    assert skipped == [] and img is not None
+
+
+def test_oblique_views_are_skipped_as_not_frontal(tmp_path):
+    img, skipped = _ingest_one(tmp_path, lambda p: make_dicom(p, chest_like(), view="RLO"))
+    assert img is None and "RLO" in skipped[0]["reason"]
+
+
+def test_an_image_over_pillows_decompression_bomb_limit_is_skipped_not_fatal(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the real limit is ~179 M pixels: too big for a test
+    img, skipped = _ingest_one(tmp_path, lambda p: (p.parent.mkdir(parents=True), Image.fromarray(
+        (chest_like() >> 4).astype(np.uint8)).save(p)), name="x.png")
+    assert img is None and "DecompressionBombError" in skipped[0]["reason"]
