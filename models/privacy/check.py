@@ -1,7 +1,9 @@
 """``xraysynth privacy check``: both privacy checks on any folder of images (hospital zone).
 
 Every PNG/JPEG/DICOM under IMAGES_DIR is read and normalised exactly as ``xraysynth ingest`` does
-(so a copy of a training file maps onto the training pixels), then compared with the training set
+(so a copy of a training file maps onto the training pixels); DICOM is recognised by its content,
+since PACS exports often name files by UID ("1.2.840....123") or not at all, and any other file is
+listed as skipped with its reason rather than passed over in silence. The images are then compared with the training set
 in TRAINSET_DIR by the model's copy check and re-identification check, at the thresholds calibrated
 for that model (from its card when the card was calibrated on this training set; otherwise
 calibrated here, which takes longer). The report names training images and patients: it is
@@ -19,7 +21,6 @@ import numpy as np
 import typer
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "checkpoints" / "default" / "bundle.pt"
-SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ""}
 BATCH = 256
 
 privacy_app = typer.Typer(help="Privacy checks of images against a training set (hospital zone).", no_args_is_help=True)
@@ -31,7 +32,9 @@ def _group() -> None:
 
 
 def _files(images_dir: Path) -> list[Path]:
-    return sorted(p for p in images_dir.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES and not p.name.startswith("."))
+    """Every file under ``images_dir`` except hidden ones (.DS_Store, ._AppleDouble, .git/...)."""
+    return sorted(p for p in images_dir.rglob("*") if p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(images_dir).parts))
 
 
 def _calibration(bundle, index, trainset):
