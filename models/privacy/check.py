@@ -117,7 +117,7 @@ def check_folder(images_dir, trainset_dir, bundle_path=None, progress=None) -> d
 def check_command(
     images_dir: Annotated[Path, typer.Argument(help="folder of PNG/JPEG/DICOM images to check", exists=True, file_okay=False)],
     trainset: Annotated[Path, typer.Option("--trainset", help="training set folder written by `xraysynth ingest`", exists=True, file_okay=False)],
-    out: Annotated[Path, typer.Option("--out", help="report JSON to write")],
+    out: Annotated[Path, typer.Option("--out", help="report JSON to write", dir_okay=False)],
     bundle: Annotated[Optional[Path], typer.Option("--bundle", help="model bundle.pt (default: the shipped default)", exists=True, dir_okay=False)] = None,
 ) -> None:
     """Flag images that copy a training image or show a training patient (copy + re-identification checks)."""

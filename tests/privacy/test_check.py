@@ -92,3 +92,12 @@ def test_privacy_check_reads_dicom_files_named_by_uid_and_lists_every_file_it_co
     assert rows["study1/1.2.826.0.1.3680043.8.498.1234"]["check"] == "copy"
     assert rows["study1/1.2.826.0.1.3680043.8.498.1234"]["image_id"] == ts.image_ids[copied]
     assert report["summary"]["skipped"] == [{"file": "scan.tif", "reason": "unsupported file type .tif"}]
+
+
+def test_privacy_check_refuses_an_out_path_that_is_a_folder_before_doing_the_work(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "out").mkdir()
+    _trainset_and_bundle(tmp_path)
+    res = CliRunner().invoke(app, ["privacy", "check", str(tmp_path / "images"), "--trainset", str(tmp_path / "trainset"),
+                                   "--bundle", str(tmp_path / "bundle.pt"), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and "Invalid value for '--out'" in res.output
