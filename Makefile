@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 RUN_ARGS ?=
 
-.PHONY: install run test lint clean-var default-model
+.PHONY: install run test lint clean-var default-model continue-default default-card
 
 install: $(STAMP)
 
@@ -55,4 +55,32 @@ default-model: install
 	$(BIN)/python -m models.privacy.report --bundle runs/gan/bundle.pt --trainset runs/trainset --out runs/privacy --write-card
 	$(BIN)/xraysynth evaluate runs/gan/bundle.pt --trainset runs/trainset --no-membership
 	$(BIN)/xraysynth models package runs/gan/bundle.pt
+	$(BIN)/xraysynth preview models/checkpoints/default/bundle.pt --out runs/grid.png
+
+# Continue the shipped default where it left off (CPU or GPU), run after run, then remake its card and
+# ship it: `make continue-default GAN_MINUTES=120`. The run folder keeps optimisers and RNG between
+# runs; without it (a new machine) training starts from the shipped bundle's own G and D, keeping its
+# classifier and re-identification verifier. Compare val FD and recall before shipping (models/README.md).
+RUN ?= runs/gan_continue
+THREADS ?= 2
+continue-default: install
+	test -f runs/trainset/trainset.json || $(BIN)/xraysynth ingest $(DATA) --labels $(DATA)/labels.csv --out runs/trainset
+	$(BIN)/xraysynth train gan --trainset runs/trainset --resume $(RUN) --out $(RUN) \
+		--classifier models/checkpoints/default/bundle.pt --minutes $(GAN_MINUTES) --threads $(THREADS)
+	$(MAKE) --no-print-directory default-card BUNDLE=$(RUN)/bundle.pt
+
+# Every generator-dependent section of a bundle's card, then package it as the shipped default. The
+# classifier, the verifier and its figures on real patients come with the bundle unchanged.
+BUNDLE ?= $(RUN)/bundle.pt
+SEED_EXPERIMENT := $(BIN)/python -m models.seed_experiment --bundle $(BUNDLE) --trainset runs/trainset \
+	--target 300 --epochs 2 --width 8 --seeds 0,1,2 --threads $(THREADS) --write-card
+default-card: install
+	$(BIN)/python -m models.privacy.report --bundle $(BUNDLE) --trainset runs/trainset --out runs/privacy \
+		--threads $(THREADS) --write-card
+	$(BIN)/xraysynth evaluate $(BUNDLE) --trainset runs/trainset --no-membership --threads $(THREADS)
+	$(BIN)/python -m models.faithfulness --bundle $(BUNDLE) --trainset runs/trainset --threads $(THREADS) \
+		--out runs/faithfulness.json --write-card
+	$(SEED_EXPERIMENT) --classes seed --out runs/seed_experiment_seed.json
+	$(SEED_EXPERIMENT) --classes all --out runs/seed_experiment_all.json
+	$(BIN)/xraysynth models package $(BUNDLE)
 	$(BIN)/xraysynth preview models/checkpoints/default/bundle.pt --out runs/grid.png
