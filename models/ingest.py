@@ -223,6 +223,11 @@ def read_labels(labels_csv) -> list[tuple[int, dict]]:
     return rows
 
 
+def _rel_path(text: str) -> str:
+    """A CSV path as this machine spells it: lists made on Windows separate folders with backslashes."""
+    return os.path.normpath(text.replace("\\", "/"))
+
+
 @dataclass
 class _Seen:
     """What earlier rows of the CSV took: rows ingested so far may not be repeated or contradicted."""
@@ -233,7 +238,7 @@ class _Seen:
     pixels: dict[str, str] = field(default_factory=dict)  # sha256 of the 128 px image -> image_id
 
     def add(self, line: int, path: str, pid: str, split: str, image_id: str, pixel_hash: str) -> None:
-        self.paths[os.path.normpath(path)] = line
+        self.paths[_rel_path(path)] = line
         self.image_ids[image_id] = line
         self.patient_splits.setdefault(pid, (split, line))
         self.pixels[pixel_hash] = image_id
@@ -253,8 +258,8 @@ def _check_row(i: int, row: dict, conditions: list[str], seen: _Seen):
     split = row.get("split", "").lower() or patient_split(pid)
     if split not in ("train", "val", "test"):
         raise Skip(f"unknown split {row['split']!r} (train, val or test)")
-    if os.path.normpath(row["path"]) in seen.paths:
-        raise Skip(f"path listed twice (already ingested from row {seen.paths[os.path.normpath(row['path'])]})")
+    if _rel_path(row["path"]) in seen.paths:
+        raise Skip(f"path listed twice (already ingested from row {seen.paths[_rel_path(row['path'])]})")
     if pid in seen.patient_splits and seen.patient_splits[pid][0] != split:
         s0, line0 = seen.patient_splits[pid]
         # One patient on both sides of a split would leak into evaluation and privacy calibration.
@@ -296,7 +301,7 @@ def ingest(source_dir, labels_csv, out_dir, *, conditions: list[str] = CONDITION
             rel = row.get("path", "")
             try:
                 pid, y, split, image_id = _check_row(i, row, conditions, seen)
-                arr, facts = read_any(source_dir / rel)
+                arr, facts = read_any(source_dir / _rel_path(rel))
                 if min(arr.shape) < 32:
                     raise Skip(f"image too small ({arr.shape[1]}x{arr.shape[0]})")
                 if np.ptp(arr) == 0:

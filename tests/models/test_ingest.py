@@ -408,3 +408,13 @@ def test_an_image_over_pillows_decompression_bomb_limit_is_skipped_not_fatal(tmp
     img, skipped = _ingest_one(tmp_path, lambda p: (p.parent.mkdir(parents=True), Image.fromarray(
         (chest_like() >> 4).astype(np.uint8)).save(p)), name="x.png")
     assert img is None and "DecompressionBombError" in skipped[0]["reason"]
+
+
+def test_a_labels_csv_written_on_windows_with_backslash_paths_finds_its_files(tmp_path):
+    _png_source(tmp_path / "src")
+    rep, reasons = _ingest_rows(tmp_path, [
+        {"path": "png\\im0.png", "conditions": "Mass", "patient_id": "p0"},
+        {"path": ".\\png\\im1.png", "conditions": "Mass", "patient_id": "p1"},
+        {"path": "png/im0.png", "conditions": "Mass", "patient_id": "p0"},
+    ])
+    assert rep.n_ingested == 2 and reasons == {4: "path listed twice (already ingested from row 2)"}
