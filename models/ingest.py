@@ -305,7 +305,7 @@ def ingest(source_dir, labels_csv, out_dir, *, conditions: list[str] = CONDITION
                 if min(arr.shape) < 32:
                     raise Skip(f"image too small ({arr.shape[1]}x{arr.shape[0]})")
                 if np.ptp(arr) == 0:
-                    raise Skip("blank image (every pixel has the same value after the DICOM display transform)")
+                    raise Skip("blank image (every pixel has the same value)")
                 pixels = prepare(arr, image_size)
                 h = image_hash(pixels)
                 if h in seen.pixels:
