@@ -21,6 +21,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console()
 err_console = Console(stderr=True)
@@ -28,6 +29,12 @@ err_console = Console(stderr=True)
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 CHUNK = 1 << 20
 MIN_REFRESH_EXPIRY_S = 300
+# A 429 (the per-key rate limit, which the console and other scripts share) or a 503 with Retry-After
+# means the API did nothing: wait as told and send again, up to this long per request.
+MAX_RETRY_AFTER_WAIT_S = 300.0
+# `download --wait` outlives API restarts (make run restarts a dead API): connection errors are retried
+# for this long in a row before giving up.
+MAX_UNREACHABLE_S = 300.0
 
 ApiUrl = Annotated[str, typer.Option("--api-url", envvar="XRAYSYNTH_API_URL", help="API base URL.")]
 ApiKey = Annotated[str, typer.Option("--api-key", envvar="XRAYSYNTH_API_KEY", help="Your API key.",
@@ -38,6 +45,38 @@ class DownloadError(Exception):
     pass
 
 
+def _retry_after(response) -> float | None:
+    if response.status_code not in (429, 503):
+        return None
+    value = response.headers.get("Retry-After", "")
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _patient_transport():
+    import httpx
+
+    class PatientTransport(httpx.HTTPTransport):
+        """Waits out 429/503 answers that say when to come back, instead of failing the command."""
+
+        def handle_request(self, request):
+            waited = 0.0
+            while True:
+                response = super().handle_request(request)
+                delay = _retry_after(response)
+                if delay is None or waited + delay > MAX_RETRY_AFTER_WAIT_S:
+                    return response
+                response.read()
+                err_console.print(f"[yellow]{escape(_api_error(response))}; waiting {delay:.0f} s[/]")
+                response.close()
+                time.sleep(delay)
+                waited += delay
+
+    return PatientTransport()
+
+
 def _client(api_url: str, api_key: str):
     import httpx
 
@@ -45,10 +84,12 @@ def _client(api_url: str, api_key: str):
         err_console.print("[red]no API key:[/] pass --api-key or set XRAYSYNTH_API_KEY")
         raise typer.Exit(2)
     return httpx.Client(base_url=api_url.rstrip("/"), headers={"Authorization": f"Bearer {api_key}"},
-                        timeout=httpx.Timeout(30.0, connect=10.0))
+                        timeout=httpx.Timeout(30.0, connect=10.0), transport=_patient_transport())
 
 
 def _api_error(r) -> str:
+    """The API's error as plain text (callers print it escaped: it may hold brackets, which rich would
+    otherwise take for markup: the [code] vanished and '[/x]' in a message crashed the command)."""
     try:
         err = r.json().get("error", {})
         field = f" ({err['field']})" if err.get("field") else ""
@@ -92,7 +133,7 @@ def request(
     with _client(api_url, api_key) as http:
         r = http.post("/v1/datasets", json=body)
     if r.status_code >= 400:
-        err_console.print(f"[red]request refused:[/] {_api_error(r)}")
+        err_console.print(f"[red]request refused:[/] {escape(_api_error(r))}")
         raise typer.Exit(1)
     ds = r.json()
     console.print(f"[green]requested[/] dataset [bold]{ds['id']}[/]: {ds['total_images']} images, "
@@ -229,7 +270,7 @@ def download(
         try:
             manifest = Manifest(http, dataset_id, expires_in)
         except DownloadError as exc:
-            err_console.print(f"[red]{exc}[/]")
+            err_console.print(f"[red]{escape(str(exc))}[/]")
             raise typer.Exit(1) from None
         entries = sorted(manifest.files.values(), key=lambda e: e["name"])
         total = sum(e["size"] for e in entries)
@@ -254,27 +295,40 @@ def download(
                         failures[name] = str(exc)
     if failures:
         for name, why in sorted(failures.items()):
-            err_console.print(f"[red]failed[/] {name}: {why}")
+            err_console.print(f"[red]failed[/] {escape(name)}: {escape(why)}")
         raise typer.Exit(1)
     (out / "download.json").write_text(json.dumps(
         {"dataset_id": dataset_id, "files": {e["name"]: {"sha256": e["sha256"], "size": e["size"]} for e in entries}},
         indent=1,
     ))
     counts = {k: list(results.values()).count(k) for k in ("ok", "resumed", "present")}
-    console.print(f"[green]verified[/] {len(entries)} files ({total:,} bytes) in {out}: {counts['ok']} downloaded, "
+    console.print(f"[green]verified[/] {len(entries)} files ({total:,} bytes) in {escape(str(out))}: {counts['ok']} downloaded, "
                   f"{counts['resumed']} resumed, {counts['present']} already present"
                   + (f"; signed URLs refreshed {manifest.refreshes}x" if manifest.refreshes else ""))
 
 
 def _wait_ready(http, dataset_id: str, poll_s: float = 2.0) -> None:
+    import httpx
     from rich.progress import Progress
 
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("waiting", total=None)
+        unreachable_since = None
         while True:
-            r = http.get(f"/v1/datasets/{dataset_id}")
+            try:
+                r = http.get(f"/v1/datasets/{dataset_id}")
+            except httpx.TransportError as exc:
+                unreachable_since = unreachable_since or time.monotonic()
+                if time.monotonic() - unreachable_since > MAX_UNREACHABLE_S:
+                    err_console.print(f"[red]the API has not answered for {MAX_UNREACHABLE_S:.0f} s:[/] "
+                                      f"{escape(type(exc).__name__)}")
+                    raise typer.Exit(1) from None
+                progress.update(task, description="API unreachable, retrying")
+                time.sleep(poll_s)
+                continue
+            unreachable_since = None
             if r.status_code >= 400:
-                err_console.print(f"[red]{_api_error(r)}[/]")
+                err_console.print(f"[red]{escape(_api_error(r))}[/]")
                 raise typer.Exit(1)
             ds = r.json()
             prog = ds.get("progress") or {}
@@ -282,7 +336,7 @@ def _wait_ready(http, dataset_id: str, poll_s: float = 2.0) -> None:
             if ds["status"] == "ready":
                 return
             if ds["status"] in ("failed", "rejected", "cancelled", "revoked"):
-                err_console.print(f"[red]dataset is {ds['status']}[/]" + (f": {ds['error']}" if ds.get("error") else ""))
+                err_console.print(f"[red]dataset is {ds['status']}[/]" + (f": {escape(ds['error'])}" if ds.get("error") else ""))
                 raise typer.Exit(1)
             time.sleep(poll_s)
 
