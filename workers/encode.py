@@ -110,8 +110,11 @@ def dicom_bytes(rec: ImageRecord, ctx: EncodeContext) -> bytes:
     ds.ImageType = ["DERIVED", "SECONDARY", "SYNTHETIC"]
     ds.SOPClassUID = SECONDARY_CAPTURE
     ds.SOPInstanceUID = sop_uid
-    ds.StudyInstanceUID = dicom_uid(ctx.uid_root, ds_id, "study")
-    ds.SeriesInstanceUID = dicom_uid(ctx.uid_root, ds_id, "series", rec.condition)
+    # Each image is its own synthetic patient (its own PatientID, so patient-level splits stay right), and
+    # in DICOM's model a study belongs to one patient and a series to one study: one study and series per
+    # image. A study per dataset put hundreds of patients in one study, which PACS refuse or merge.
+    ds.StudyInstanceUID = dicom_uid(ctx.uid_root, ds_id, "study", rec.index)
+    ds.SeriesInstanceUID = dicom_uid(ctx.uid_root, ds_id, "series", rec.index)
     ds.StudyDate = ds.StudyTime = ds.ContentDate = ds.ContentTime = ""
     ds.AccessionNumber = ""
     ds.ReferringPhysicianName = ""

@@ -46,6 +46,22 @@ def test_dicom_is_deterministic_synthetic_and_readable():
     assert (d1.pixel_array == records()[0].pixels).all()
 
 
+def test_each_dicom_image_is_a_synthetic_patient_with_its_own_study_and_series():
+    # DICOM: a study belongs to one patient, a series to one study. One study per dataset held every
+    # image's own synthetic patient, which a PACS importer refuses (patient mismatch) or merges.
+    files = [pydicom.dcmread(io.BytesIO(e.members[0][1])) for e in encode_chunk(records(4), ctx())]
+    assert len({d.PatientID for d in files}) == 4
+    studies = {}
+    for d in files:
+        studies.setdefault(d.StudyInstanceUID, set()).add(d.PatientID)
+    assert all(len(patients) == 1 for patients in studies.values()), studies
+    series_study = {}
+    for d in files:
+        assert series_study.setdefault(d.SeriesInstanceUID, d.StudyInstanceUID) == d.StudyInstanceUID
+    assert all(d.StudyInstanceUID.startswith(ROOT) and d.SeriesInstanceUID.startswith(ROOT) for d in files)
+    assert all("Mass" in d.SeriesDescription for d in files)  # the condition still names the series
+
+
 def test_tar_is_webdataset_ordered_with_fixed_headers():
     with tarfile.open(fileobj=io.BytesIO(tar_bytes(encode_chunk(records(), ctx("png"))))) as tar:
         members = tar.getmembers()
