@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import health
+from service.console.render import error_page
 from service.console.routes import install as install_console
 from service.console.security import SecurityHeaders
 from service.datasets import reads
@@ -31,7 +33,7 @@ class BodySizeLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._refuse(send)
+            return await self._refuse(send, scope)
         seen = 0
 
         async def limited_receive():
@@ -46,11 +48,17 @@ class BodySizeLimit:
         try:
             await self.app(scope, limited_receive, send)
         except _TooLarge:
-            await self._refuse(send)
+            await self._refuse(send, scope)
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, send: Send, scope: Scope) -> None:
         import json
 
+        if scope.get("path", "").startswith("/ui/"):
+            # A browser posting a console form gets a page it can act on, not the API's JSON shape.
+            page = error_page(Request(scope), 413, f"The form was larger than the {self.max_bytes // 1024} KiB the "
+                              "console accepts, so nothing was saved. Go back, shorten the text (a purpose or "
+                              "reason holds at most 2,000 characters) and send it again.")
+            return await page(scope, None, send)
         body = json.dumps(error_body("payload_too_large", f"request body exceeds {self.max_bytes} bytes")).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})

@@ -8,6 +8,7 @@ import time
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from tests.browser.conftest import shot, sign_in
 from tests.factories import make_dataset, make_model_version, put_private_object, row_counts
@@ -242,3 +243,23 @@ def test_an_audit_filter_with_a_nul_byte_is_a_422_page_not_a_server_error(new_pa
     assert r.status == 422, r.status
     assert "Invalid input" in r.text()
     assert page.request.get("/ui/audit?action=dataset.request").ok
+
+
+def test_a_form_over_the_body_limit_gets_a_console_page_not_the_apis_json(new_page, researcher, catalogue_model, db,
+                                                                           shots):
+    # A purpose pasted from a protocol document (over 64 KiB) showed the browser a raw JSON error body.
+    page = new_page()
+    sign_in(page, researcher.key)
+    page.goto("/ui/requests/new")
+    page.fill("[name='count.Mass']", "2")
+    page.fill("#purpose", "A protocol pasted whole. " * 3000)
+    before = row_counts(db)
+    with page.expect_response(lambda r: r.url.endswith("/ui/requests")) as resp:
+        page.click("form[action='/ui/requests'] button[type=submit]")
+    assert resp.value.status == 413
+    assert resp.value.headers["content-type"].startswith("text/html")
+    expect(page.locator("h1")).to_have_text("Too large")
+    expect(page.locator(".error-message")).to_contain_text("shorten the text")
+    shot(page, shots, "form-over-the-body-limit")
+    db.expire_all()
+    assert row_counts(db) == before
