@@ -51,7 +51,7 @@ def _histogram(edges, *series: tuple[str, list]) -> list[dict] | None:
     bins = []
     for i in range(len(edges) - 1 if len(edges) > 1 else 0):
         label = f"{edges[i]:.2f}–{edges[i + 1]:.2f}"
-        bins.append({"label": label, "values": [
+        bins.append({"label": label, "lo": edges[i], "hi": edges[i + 1], "values": [
             (name, counts[i] if i < len(counts) else 0, (counts[i] if i < len(counts) else 0) / total)
             for (name, counts), total in zip(series, totals, strict=True)]})
     return bins
@@ -64,16 +64,22 @@ def review_context(session: Session, caller: ConsoleCaller, dataset_id: uuid.UUI
     gen = ev["generation"] or {}
     calibration_bins = _histogram(cal.get("bin_edges"), ("same patient", cal.get("same_patient_counts")),
                                   ("different patient", cal.get("different_patient_counts")))
-    dataset_bins = _histogram(gen.get("bin_edges"), ("released", gen.get("dataset_counts")),
-                              ("rejected", gen.get("rejected_counts"))) if gen else None
     # Flags per check: the filter's own breakdown when the worker wrote one, else its single total.
     checks = gen.get("checks") if isinstance(gen.get("checks"), dict) else (
         {"memorisation filter": {"n_rejected": gen.get("n_rejected")}} if gen else {})
+    # The x axis is the copy check's score; images the re-identification check dropped are counted in
+    # `rejected` too and can lie right of the copy threshold: say so rather than look like a filter bug.
+    reid = checks.get("reidentification") if isinstance(checks.get("reidentification"), dict) else {}
+    reid_dropped = int(reid.get("n_rejected") or 0)
+    rejected_name = "rejected (copy or re-identification check)" if reid_dropped else "rejected"
+    dataset_bins = _histogram(gen.get("bin_edges"), ("released", gen.get("dataset_counts")),
+                              (rejected_name, gen.get("rejected_counts"))) if gen else None
     attacks = (ev["model"]["membership_inference"] or {}).get("attacks") or {}
     mia_aucs = [(name, a.get("auc")) for name, a in sorted(attacks.items()) if isinstance(a, dict)]
     return {
         "ds": ev["dataset"], "mia_aucs": mia_aucs, "evidence": ev, "review": ev["review"], "images": _evidence_images(ds.id),
         "calibration_bins": calibration_bins, "dataset_bins": dataset_bins, "checks": checks,
+        "reid_dropped": reid_dropped,
         "diagram": state_diagram(ds.status.value),
     }
 

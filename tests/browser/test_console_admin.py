@@ -106,3 +106,34 @@ def test_the_audit_log_filters_pages_and_hides_another_admins_vote_until_you_cas
     page.click("#review button[type=submit]")
     expect(page.locator("#review")).to_contain_text("secret-reason-of-admin2")
     get_settings.cache_clear()
+
+
+def test_the_dataset_histogram_marks_the_threshold_and_says_reidentification_drops_lie_right_of_it(
+        new_page, admin, researcher, model, shots):
+    # Seen on a real 1,500-image run: rejected images plotted right of the quoted copy threshold (they
+    # were the re-identification check's drops, scored in another space), with no threshold drawn.
+    import json
+
+    from tests.factories import put_private_object
+
+    ds_id = _dataset(researcher, model, "pending_review")
+    edges = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    evidence = {"threshold": 0.354, "bin_edges": edges, "dataset_counts": [0, 3, 40, 50, 7],
+                "rejected_counts": [0, 6, 3, 0, 0], "n_generated": 109, "n_released": 100, "n_rejected": 9,
+                "fraction_filtered": 9 / 109, "every_image_checked": True,
+                "checks": {"copy": {"threshold": 0.354, "n_rejected": 2},
+                           "reidentification": {"available": True, "threshold": 0.16, "n_rejected": 7}}}
+    put_private_object(f"evidence/{ds_id}/evidence.json", json.dumps(evidence).encode(), "application/json")
+    page = new_page()
+    sign_in(page, admin.key)
+    page.goto(f"/ui/datasets/{ds_id}")
+    hist = page.locator("section.evidence svg.hist").first
+    line = hist.locator("line[data-threshold]")
+    expect(line).to_have_count(1)
+    # 0.354 lies in the bin 0.2-0.4, 77 % of the way along it
+    slot = 550 / 5
+    assert float(line.get_attribute("x1")) == pytest.approx(5 + 1 * slot + slot * (0.354 - 0.2) / 0.2, abs=0.1)
+    expect(page.locator("section.evidence .legend").first).to_contain_text("rejected (copy or re-identification check)")
+    expect(page.locator("[data-reid-note]")).to_contain_text("7 of the rejected images were dropped by the "
+                                                             "re-identification check")
+    shot(page, shots, "dataset-histogram-threshold")
