@@ -184,3 +184,37 @@ def test_without_javascript_the_catalogue_says_why_a_condition_is_not_offered_an
     page.wait_for_url(re.compile(r"/ui/datasets/[0-9a-f-]{36}\?done=requested"))
     expect(page.locator("dd").first).to_contain_text("pending_review")
     shot(page, shots, "researcher-dataset-no-javascript")
+
+
+def test_a_released_dataset_page_names_the_sources_to_cite_and_the_heatmaps_that_are_not_evidence(
+        new_page, researcher, clean, shots):
+    # The card obliges the researcher to cite the training-data sources, but the page showed only licence
+    # names, and its heatmap warning lived only in the Markdown card and the preview's band labels.
+    import json
+
+    from service.audit.service import SYSTEM
+    from service.datasets.models import DatasetStatus
+    from service.datasets.transitions import transition
+    from service.db import session_scope
+    from tests.factories import put_release_object
+
+    with session_scope() as s:
+        mv = make_model_version(s, conditions=("Mass", "No Finding"))
+        ds = make_dataset(s, account_id=researcher.id, model_version_id=mv.id, spec={"Mass": 2, "No Finding": 2})
+        for target in (DatasetStatus.approved, DatasetStatus.generating, DatasetStatus.ready):
+            transition(s, ds, target, actor=SYSTEM)
+        ds.done_images, ds_id = 4, ds.id
+    card = {"card_version": 1, "dataset_id": str(ds_id), "status": "ready",
+            "training_data": {"licences": {"CC BY 4.0": 3},
+                              "citations": {"nih": "Wang X et al. ChestX-ray8. IEEE CVPR 2017."}},
+            "heatmap_faithfulness": {"uninformative_conditions": {"Mass": "the classifier finds no evidence"}},
+            "obligations": ["Cite this dataset (How to cite) and the training-data sources (under Training data)."]}
+    put_release_object(f"datasets/{ds_id}/dataset_card.json", json.dumps(card).encode())
+    page = new_page()
+    sign_in(page, researcher.key)
+    page.goto(f"/ui/datasets/{ds_id}")
+    expect(page.locator("[data-citation='nih']")).to_have_text("Wang X et al. ChestX-ray8. IEEE CVPR 2017.")
+    expect(page.locator("[data-uninformative-heatmaps]")).to_contain_text(
+        "Heatmaps are uninformative for Mass (the classifier finds no evidence)")
+    shot(page, shots, "researcher-released-card-citations")
+

@@ -94,3 +94,24 @@ def test_conditions_option_parsing():
     from cli.researcher import parse_conditions
 
     assert parse_conditions(["Mass=100", "Pleural_Thickening=5", "Mass=1"]) == {"Mass": 101, "Pleural_Thickening": 5}
+
+
+def test_the_markdown_card_points_to_where_its_citations_are():
+    # It said "the training-data sources listed below" while they were listed above it.
+    from workers.card import card_obligations, render_card_md
+
+    card = {
+        "dataset": {"id": "d1", "total_images": 2, "released_at": "2026-01-01T00:00:00", "licence": None},
+        "request": {"conditions": {"Mass": 2}, "format": "png", "heatmaps": True, "seed": 1, "purpose": "p"},
+        "model": {"name": "m", "version": "1", "architecture": "a", "image_size": 128},
+        "approvals": [], "metrics": {"model": {}, "dataset": {"per_condition": {}}},
+        "privacy": {"memorisation_filter": {"n_rejected": 0, "n_generated": 2, "threshold": 0.3}},
+        "training_data": {"licences": {"CC BY 4.0": 3}, "citations": {"nih": "Wang X et al. 2017."}},
+        "obligations": card_obligations({"applies": True, "sources": ["ieee8023"]}),
+        "files": {"manifest": {"columns": ["index"]}, "shards": [], "layout": "tars"},
+        "how_to_cite": {"text": "cite me", "bibtex": "@misc{x}"},
+    }
+    md = render_card_md(card)
+    assert "listed below" not in md
+    assert "(under Training data)" in md and "## Training data" in md and "## How to cite" in md
+    assert md.index("- nih: Wang X et al. 2017.") < md.index("## Obligations")
