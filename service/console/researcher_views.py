@@ -93,6 +93,8 @@ def create_request(request: Request, session: SessionDep, caller: ResearcherPage
         errors = {**field_errors(exc, {"conditions.": "count."}), **errors}
         if "conditions" in errors and not body["conditions"]:  # the schema's rule, said for a form
             errors["conditions"] = "ask for at least one image of one condition"
+            if any(k.startswith("count.") for k in errors):  # a count was typed, just not a whole number
+                del errors["conditions"]
     if errors or data is None:
         return request_page(request, session, caller, errors=errors, form=dict(form), status_code=422)
     try:

@@ -263,3 +263,19 @@ def test_a_form_over_the_body_limit_gets_a_console_page_not_the_apis_json(new_pa
     shot(page, shots, "form-over-the-body-limit")
     db.expire_all()
     assert row_counts(db) == before
+
+
+def test_a_count_that_is_not_a_whole_number_gets_one_error_beside_its_field(new_page, researcher, catalogue_model,
+                                                                             shots):
+    # "1.5" also drew "ask for at least one image of one condition" at the top, though one was asked for.
+    page = new_page()
+    sign_in(page, researcher.key)
+    page.goto("/ui/requests/new")
+    page.fill("[name='count.Mass']", "1.5")
+    page.fill("#purpose", "a long enough purpose for review")
+    with page.expect_response(lambda r: r.url.endswith("/ui/requests")) as resp:
+        page.click("form[action='/ui/requests'] button[type=submit]")
+    assert resp.value.status == 422
+    expect(page.locator("[data-error-for='count.Mass']")).to_have_text("enter a whole number of images")
+    expect(page.locator(".field-error")).to_have_count(1)
+    shot(page, shots, "count-not-a-whole-number")
