@@ -98,7 +98,10 @@ def update_account(account_id: uuid.UUID, request: Request, session: SessionDep,
     try:
         body = AccountUpdate(image_quota=_int_or_none(form.get("image_quota")), disabled=disabled)
     except ValidationError as exc:
-        errors = {f"{account_id}.{k}": v for k, v in field_errors(exc).items()}
+        # The row's form has one field: "nothing to change" (its box left empty) is said beside it.
+        errors = {f"{account_id}.{'image_quota' if k == 'form' else k}":
+                  "enter the new quota: a whole number of images, 0 or more" if k == "form" else v
+                  for k, v in field_errors(exc).items()}
         return accounts_page(request, session, caller, errors=errors, status_code=422)
     accounts_service.update_account(session, account_id=account_id, actor=caller.actor,
                                     image_quota=body.image_quota, disabled=body.disabled)

@@ -137,3 +137,19 @@ def test_the_dataset_histogram_marks_the_threshold_and_says_reidentification_dro
     expect(page.locator("[data-reid-note]")).to_contain_text("7 of the rejected images were dropped by the "
                                                              "re-identification check")
     shot(page, shots, "dataset-histogram-threshold")
+
+
+def test_setting_an_empty_quota_says_so_beside_the_accounts_field(new_page, admin, researcher, shots):
+    # The box cleared and Set pressed answered 422 with its message under a key no field shows: the
+    # page came back unchanged and silent.
+    page = new_page()
+    sign_in(page, admin.key)
+    page.goto("/ui/accounts")
+    row = page.locator(f"tr[data-account='{researcher.name}']")
+    row.locator("input[name=image_quota]").fill("")
+    with page.expect_response(lambda r: r.request.method == "POST") as resp:
+        row.locator("button:has-text('Set')").click()
+    assert resp.value.status == 422
+    row = page.locator(f"tr[data-account='{researcher.name}']")
+    expect(row.locator(".field-error")).to_have_text("enter the new quota: a whole number of images, 0 or more")
+    shot(page, shots, "admin-accounts-empty-quota")
