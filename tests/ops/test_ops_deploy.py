@@ -80,3 +80,18 @@ def test_docker_compose_config_validates(tmp_path):
     env = {**base, **{k: "x" * 20 for k in REQUIRED_SECRETS}, "FLOWER_BASIC_AUTH": "ops:secret"}
     ok = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
+
+
+def test_the_package_builds_without_setuptools_deprecations(tmp_path):
+    # `make install` printed setuptools' "project.license as a TOML table is deprecated ... by 2027-Feb-18
+    # ... your builds will no longer be supported" four times: a new user's first screen, and a build
+    # that newer setuptools refuse.
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = r.stdout + r.stderr
+    assert "deprecated" not in out.lower(), out[-2000:]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "Apache-2.0"  # an SPDX expression, as setuptools >= 77 reads it
