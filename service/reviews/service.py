@@ -20,7 +20,7 @@ from service.datasets.models import Dataset, DatasetStatus
 from service.datasets.service import list_datasets, lock, to_public_many
 from service.errors import ApiError, Conflict, NotFound
 from service.modelversions import service as models_service
-from service.modelversions.models import ModelVersion
+from service.modelversions.models import ModelStatus, ModelVersion
 from service.reviews.models import Decision, Review
 from service.settings import get_settings
 
@@ -93,6 +93,14 @@ def cast_vote(
         raise Conflict(f"dataset is {ds.status.value}; only datasets pending review can be reviewed", code="not_pending")
     if session.scalar(select(Review.id).where(Review.dataset_id == ds.id, Review.reviewer_id == reviewer.id)):
         raise Conflict("you have already reviewed this dataset; each admin's vote counts once", code="already_reviewed")
+    if decision == Decision.approve:
+        # Retiring a generator stops new releases from it (perhaps for a privacy finding): a request made
+        # before, still pending, must not be generated from it.
+        mv = session.get(ModelVersion, ds.model_version_id)
+        if mv.status == ModelStatus.retired:
+            raise Conflict(f"model {mv.name}:{mv.version} was retired after this request was made, so it cannot "
+                           "be approved; reject it (the researcher can ask again with a published model)",
+                           code="model_retired")
     session.add(Review(dataset_id=ds.id, reviewer_id=reviewer.id, decision=decision, reason=reason))
     try:
         session.flush()
@@ -156,7 +164,7 @@ def evidence(session: Session, *, dataset: Dataset, viewer: Account) -> dict:
     return {
         "dataset": public,
         "model": {
-            "id": str(mv.id), "name": mv.name, "version": mv.version,
+            "id": str(mv.id), "name": mv.name, "version": mv.version, "status": mv.status.value,
             "calibration": mv.privacy_calibration,  # rates and same/different-patient histograms
             "differential_privacy": {"epsilon": mv.dp_epsilon, "delta": mv.dp_delta} if mv.dp_epsilon is not None else None,
             "membership_inference": models_service.membership_inference(mv),

@@ -77,6 +77,24 @@ def test_reject_with_a_single_vote(api, researcher, admin, model, request_datase
     assert vote(api, admin, ds["id"], REJECT).json()["dataset"]["status"] == "rejected"
 
 
+def test_a_request_whose_model_was_retired_cannot_be_approved_only_rejected(api, researcher, admin, model,
+                                                                          request_dataset, infra, counts):
+    # Seen in the console: a request pending when its generator was retired was approved and generated
+    # from the retired model, and nothing on the review page said it was retired.
+    ds = request_dataset(researcher)
+    assert api.post(f"/v1/models/{model.id}/retire", headers=admin.headers).status_code == 200
+    evidence = api.get(f"/v1/datasets/{ds['id']}/evidence", headers=admin.headers).json()
+    assert evidence["model"]["status"] == "retired"
+    before = counts()
+    r = vote(api, admin, ds["id"])
+    assert r.status_code == 409 and r.json()["error"]["code"] == "model_retired", r.text
+    assert "reject it" in r.json()["error"]["message"]
+    assert counts() == before  # no vote, no audit event, no transition
+    assert queued_tasks(infra.env["XRAYSYNTH_BROKER_URL"], "generation") == []
+    r = vote(api, admin, ds["id"], REJECT)
+    assert r.status_code == 200 and r.json()["dataset"]["status"] == "rejected"
+
+
 @pytest.mark.parametrize("status", ["approved", "generating", "ready", "rejected", "failed", "cancelled", "revoked"])
 def test_reviewing_a_non_pending_dataset_is_409_and_writes_nothing(api, researcher, admin, dataset_at, counts, status):
     ds_id = dataset_at(researcher, status)

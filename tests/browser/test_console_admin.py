@@ -153,3 +153,24 @@ def test_setting_an_empty_quota_says_so_beside_the_accounts_field(new_page, admi
     row = page.locator(f"tr[data-account='{researcher.name}']")
     expect(row.locator(".field-error")).to_have_text("enter the new quota: a whole number of images, 0 or more")
     shot(page, shots, "admin-accounts-empty-quota")
+
+
+def test_the_review_page_says_the_requests_model_was_retired(new_page, admin, researcher, model, shots):
+    from service.audit.service import SYSTEM
+    from service.db import session_scope
+    from service.modelversions import service as models_service
+
+    ds_id = _dataset(researcher, model, "pending_review")
+    with session_scope() as s:
+        models_service.retire(s, model_id=model.id, actor=SYSTEM)
+    page = new_page()
+    sign_in(page, admin.key)
+    page.goto(f"/ui/datasets/{ds_id}")
+    expect(page.locator("[data-model-retired]")).to_contain_text("retired: this request cannot be approved; reject it")
+    page.check("input[name=decision][value=approve]")
+    page.fill("#reason", "looks fine")
+    with page.expect_response(lambda r: r.request.method == "POST") as resp:
+        page.click("form[action$='/reviews'] button[type=submit]")
+    assert resp.value.status == 409
+    expect(page.locator(".error-message")).to_contain_text("was retired after this request was made")
+    shot(page, shots, "review-retired-model")
