@@ -218,3 +218,15 @@ def test_a_released_dataset_page_names_the_sources_to_cite_and_the_heatmaps_that
         "Heatmaps are uninformative for Mass (the classifier finds no evidence)")
     shot(page, shots, "researcher-released-card-citations")
 
+
+
+def test_with_no_generator_published_the_request_page_says_so_instead_of_an_empty_form(new_page, researcher, clean,
+                                                                                       shots):
+    # After the only model was retired the page showed an empty "Images per condition" box and a form
+    # that could only be refused.
+    page = new_page()
+    sign_in(page, researcher.key)
+    page.goto("/ui/requests/new")
+    expect(page.locator("[data-nothing-offered]")).to_contain_text("no generator is published")
+    assert page.locator("form[action='/ui/requests']").count() == 0
+    shot(page, shots, "researcher-request-nothing-offered")
