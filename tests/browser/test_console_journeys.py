@@ -230,3 +230,27 @@ def test_with_no_generator_published_the_request_page_says_so_instead_of_an_empt
     expect(page.locator("[data-nothing-offered]")).to_contain_text("no generator is published")
     assert page.locator("form[action='/ui/requests']").count() == 0
     shot(page, shots, "researcher-request-nothing-offered")
+
+
+def test_dataset_lists_say_what_each_request_is_not_only_when_it_was_made(new_page, researcher, admin, clean, shots):
+    # The researcher's start page listed datasets by time, status and progress only: two requests made
+    # the same minute (a PNG set and a DICOM set) could not be told apart; no list gave the format.
+    from service.datasets.models import ImageFormat
+    from service.db import session_scope
+
+    with session_scope() as s:
+        mv = make_model_version(s, conditions=("Mass", "Nodule"))
+        make_dataset(s, account_id=researcher.id, model_version_id=mv.id, spec={"Mass": 40})
+        ds = make_dataset(s, account_id=researcher.id, model_version_id=mv.id, spec={"Nodule": 7})
+        ds.format = ImageFormat.dicom
+    page = new_page()
+    sign_in(page, researcher.key)
+    for path in ("/ui/", "/ui/datasets"):
+        page.goto(path)
+        expect(page.locator("main table")).to_contain_text("Mass × 40 (40 images, png)")
+        expect(page.locator("main table")).to_contain_text("Nodule × 7 (7 images, dicom)")
+    shot(page, shots, "researcher-home-lists-what")
+    admin_page = new_page()
+    sign_in(admin_page, admin.key)
+    admin_page.goto("/ui/datasets")
+    expect(admin_page.locator("main table")).to_contain_text("Nodule × 7 (7 images, dicom)")
