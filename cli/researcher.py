@@ -332,7 +332,9 @@ def _wait_ready(http, dataset_id: str, poll_s: float = 2.0) -> None:
                 raise typer.Exit(1)
             ds = r.json()
             prog = ds.get("progress") or {}
-            progress.update(task, description=f"{ds['status']}", completed=prog.get("done"), total=prog.get("total"))
+            note = f" ({ds['progress_note']})" if ds.get("progress_note") else ""
+            progress.update(task, description=escape(f"{ds['status']}{note}"), completed=prog.get("done"),
+                            total=prog.get("total"))
             if ds["status"] == "ready":
                 return
             if ds["status"] in ("failed", "rejected", "cancelled", "revoked"):

@@ -91,7 +91,10 @@ def run_shard(dataset_id: uuid.UUID, shard_index: int) -> str:
                 st = state.status_of(dataset_id)
                 if st != DatasetStatus.generating:
                     raise Stop(st)
-                state.heartbeat(dataset_id)
+                # Progress counts recorded shards only (so it never goes back when a shard is redone);
+                # the note says how far the shard in hand is, or a CPU box shows 0 for a minute a shard.
+                state.heartbeat(dataset_id, note=f"images {job.start + 1}-{job.stop}: {done_in_shard} of "
+                                                 f"{job.stop - job.start} generated")
             if ws.batch_pause_s:
                 time.sleep(ws.batch_pause_s)
 

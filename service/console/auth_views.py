@@ -95,7 +95,7 @@ def home(request: Request, session: SessionDep, caller: PageCaller):
 def progress(dataset_id: uuid.UUID, request: Request, session: SessionDep) -> dict:
     caller = sessions.current(session, request)
     ds = datasets_service.get_visible(session, dataset_id=dataset_id, account=caller.account)
-    return {"status": ds.status.value, "done": ds.done_images, "total": ds.total_images}
+    return {"status": ds.status.value, "done": ds.done_images, "total": ds.total_images, "note": ds.progress_note}
 
 
 @fallback.get("/{path:path}")

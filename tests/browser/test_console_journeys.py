@@ -254,3 +254,32 @@ def test_dataset_lists_say_what_each_request_is_not_only_when_it_was_made(new_pa
     sign_in(admin_page, admin.key)
     admin_page.goto("/ui/datasets")
     expect(admin_page.locator("main table")).to_contain_text("Nodule × 7 (7 images, dicom)")
+
+
+def test_a_generating_datasets_page_shows_the_workers_note_as_it_changes(new_page, researcher, clean, shots):
+    # Progress counts recorded shards; between them the worker's note says how far the shard in hand is,
+    # and the page's live update showed the count and status but never the note.
+    from sqlalchemy import update
+
+    from service.audit.service import SYSTEM
+    from service.datasets.models import Dataset, DatasetStatus
+    from service.datasets.transitions import transition
+    from service.db import session_scope
+
+    with session_scope() as s:
+        mv = make_model_version(s, conditions=("Mass",))
+        ds = make_dataset(s, account_id=researcher.id, model_version_id=mv.id, spec={"Mass": 1500})
+        for target in (DatasetStatus.approved, DatasetStatus.generating):
+            transition(s, ds, target, actor=SYSTEM)
+        ds_id = ds.id
+    page = new_page()
+    sign_in(page, researcher.key)
+    page.goto(f"/ui/datasets/{ds_id}")
+    expect(page.locator(f"[data-count='{ds_id}']")).to_have_text("0 / 1500")
+    with session_scope() as s:
+        s.execute(update(Dataset).where(Dataset.id == ds_id)
+                  .values(progress_note="images 1-1000: 512 of 1000 generated"))
+    expect(page.locator(f"[data-note='{ds_id}']")).to_have_text("images 1-1000: 512 of 1000 generated")
+    shot(page, shots, "researcher-dataset-shard-note")
+    page.goto("/ui/datasets")  # the lists carry it too
+    expect(page.locator(f"[data-note='{ds_id}']")).to_have_text("images 1-1000: 512 of 1000 generated")

@@ -133,3 +133,47 @@ def test_sweeper_requeues_lost_work_and_fails_stale_datasets(model_version, rese
     assert f"started {leases_starts} times" in status(crashy)[1]
     with session_scope() as s:
         assert s.get(Dataset, lost).status == DatasetStatus.generating
+
+
+def test_a_shard_in_hand_shows_how_far_it_is_in_the_progress_note(model_version, researcher, worker_env, monkeypatch):
+    # Progress moves a whole shard at a time: on a CPU box a 1,500-image request sat at 0 / 1500 for the
+    # 46 s of its first shard. The note says how far the shard in hand is; done stays at recorded shards.
+    import threading
+    import time
+
+    from service.datasets.models import Dataset
+    from service.db import session_scope
+    from workers import plan, shard
+
+    monkeypatch.setenv("XRAYSYNTH_SHARD_SIZE", "12")
+    monkeypatch.setenv("XRAYSYNTH_BATCH_PAUSE_S", "0.3")
+    from service.settings import get_settings
+    from workers.config import worker_settings
+
+    get_settings.cache_clear()
+    worker_settings.cache_clear()
+    monkeypatch.setattr(shard, "CHECK_STATUS_EVERY_S", 0.0)
+    ds_id = make_dataset(account_id=researcher.id, model_version_id=model_version.id, spec={"Mass": 12}, seed=3)
+    assert plan.plan_dataset(ds_id) == "planned"
+    seen, stop = [], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            with session_scope() as s:
+                ds = s.get(Dataset, ds_id)
+                seen.append((ds.done_images, ds.progress_note))
+            time.sleep(0.05)
+
+    t = threading.Thread(target=watch)
+    t.start()
+    try:
+        assert shard.run_shard(ds_id, 0) == "recorded"
+    finally:
+        stop.set()
+        t.join()
+    notes = [n for _, n in seen if n]
+    assert "images 1-12: 4 of 12 generated" in notes and "images 1-12: 8 of 12 generated" in notes, seen
+    assert all(done == 0 for done, n in seen if n)  # the count itself moves only when the shard is recorded
+    with session_scope() as s:
+        ds = s.get(Dataset, ds_id)
+        assert (ds.done_images, ds.progress_note) == (12, None)

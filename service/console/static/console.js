@@ -1,5 +1,6 @@
-// Live progress for <progress data-dataset="…"> elements: polls the console's JSON and updates the bar
-// and the status; reloads once a dataset reaches a final state so its page shows the download.
+// Live progress for <progress data-dataset="…"> elements: polls the console's JSON and updates the bar,
+// the status and the worker's note (how far the shard in hand is); reloads once a dataset reaches a final
+// state so its page shows the download.
 // The pages work without this file (reload by hand).
 (function () {
   "use strict";
@@ -21,6 +22,8 @@
           bar.max = p.total; bar.value = p.done;
           var count = document.querySelector('[data-count="' + id + '"]');
           if (count) { count.textContent = p.done + " / " + p.total; }
+          var note = document.querySelector('[data-note="' + id + '"]');
+          if (note) { note.textContent = p.note || ""; }
           var s = document.querySelector('[data-status="' + id + '"]');
           var changed = s && s.textContent.trim() !== p.status;
           if (s) { s.textContent = p.status; s.className = "status status-" + p.status; }
