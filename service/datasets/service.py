@@ -254,6 +254,8 @@ def retry(session: Session, *, dataset_id: uuid.UUID, actor: Actor, note: str | 
     # Only the table's "retry" (failed → approved): this route must never approve a pending request
     # past its review, although pending → approved is in the table for the review policy.
     _require_action(ds, S.approved, "retry")
+    models_service.refuse_if_retired(session, model_id=ds.model_version_id, action="retried",
+                                     advice="it stays failed")
     transitions.transition(session, ds, S.approved, actor=actor, reason=note)
     return ds
 

@@ -187,6 +187,15 @@ def publish(session: Session, *, model_id: uuid.UUID, actor: Actor, note: str | 
     return mv
 
 
+def refuse_if_retired(session: Session, *, model_id: uuid.UUID, action: str, advice: str) -> None:
+    """Nothing is generated from a retired generator (it may have been withdrawn for a privacy finding):
+    approving a request made before its retirement, or retrying one that failed, is 409 model_retired."""
+    mv = session.get(ModelVersion, model_id)
+    if mv is not None and mv.status == ModelStatus.retired:
+        raise Conflict(f"model {mv.name}:{mv.version} was retired, so this dataset cannot be {action}; {advice} "
+                       "(the researcher can ask again with a published model)", code="model_retired")
+
+
 def retire(session: Session, *, model_id: uuid.UUID, actor: Actor, note: str | None = None) -> ModelVersion:
     """New requests can no longer use it; existing datasets keep their provenance and releases."""
     mv = get_model(session, model_id=model_id, for_update=True)

@@ -20,7 +20,7 @@ from service.datasets.models import Dataset, DatasetStatus
 from service.datasets.service import list_datasets, lock, to_public_many
 from service.errors import ApiError, Conflict, NotFound
 from service.modelversions import service as models_service
-from service.modelversions.models import ModelStatus, ModelVersion
+from service.modelversions.models import ModelVersion
 from service.reviews.models import Decision, Review
 from service.settings import get_settings
 
@@ -94,13 +94,8 @@ def cast_vote(
     if session.scalar(select(Review.id).where(Review.dataset_id == ds.id, Review.reviewer_id == reviewer.id)):
         raise Conflict("you have already reviewed this dataset; each admin's vote counts once", code="already_reviewed")
     if decision == Decision.approve:
-        # Retiring a generator stops new releases from it (perhaps for a privacy finding): a request made
-        # before, still pending, must not be generated from it.
-        mv = session.get(ModelVersion, ds.model_version_id)
-        if mv.status == ModelStatus.retired:
-            raise Conflict(f"model {mv.name}:{mv.version} was retired after this request was made, so it cannot "
-                           "be approved; reject it (the researcher can ask again with a published model)",
-                           code="model_retired")
+        models_service.refuse_if_retired(session, model_id=ds.model_version_id, action="approved",
+                                         advice="reject it")
     session.add(Review(dataset_id=ds.id, reviewer_id=reviewer.id, decision=decision, reason=reason))
     try:
         session.flush()

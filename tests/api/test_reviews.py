@@ -220,3 +220,15 @@ def test_retry_of_a_failed_dataset_enqueues_again(api, researcher, admin, datase
     assert r.status_code == 200 and r.json()["status"] == "approved" and r.json()["error"] is None
     assert queued_tasks(infra.env["XRAYSYNTH_BROKER_URL"]) == [("xraysynth.plan_dataset", [str(ds_id)])]
     assert audit_actions(db, ds_id) == ["dataset.retry"]
+
+
+def test_a_failed_dataset_of_a_retired_generator_cannot_be_retried(api, researcher, admin, model, dataset_at, infra,
+                                                                   counts):
+    ds_id = dataset_at(researcher, "failed")
+    assert api.post(f"/v1/models/{model.id}/retire", headers=admin.headers).status_code == 200
+    before = counts()
+    r = api.post(f"/v1/datasets/{ds_id}/retry", json={"note": "storage back"}, headers=admin.headers)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "model_retired", r.text
+    assert counts() == before  # still failed, no audit event, nothing queued
+    assert api.get(f"/v1/datasets/{ds_id}", headers=admin.headers).json()["status"] == "failed"
+    assert queued_tasks(infra.env["XRAYSYNTH_BROKER_URL"]) == []
