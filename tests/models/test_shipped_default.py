@@ -85,3 +85,14 @@ def test_researchers_see_which_conditions_heatmaps_are_uninformative_but_not_the
     assert public["heatmaps"]["uninformative_conditions"] == card["heatmaps"]["uninformative_conditions"]
     assert public["heatmaps"]["conditions"] == card["heatmaps"]["conditions"] and public["heatmaps"]["caveat"]
     assert "config" not in public and "training" not in public
+
+
+def test_the_readme_tables_render_from_the_shipped_card_in_the_models_condition_order():
+    from models.card_tables import headline, heatmap_table, seed_experiment_tables
+
+    card = json.loads((CKPT / "card.json").read_text())
+    assert all(v and "None" not in v for v in headline(card).values())
+    rows = heatmap_table(card).splitlines()[2:]
+    assert [r.split(" | ")[0].removeprefix("| ") for r in rows] == list(CONDITIONS)
+    for key, entry in (card.get("augmentation_experiment") or {}).items():
+        assert key in seed_experiment_tables(card) and all(c in seed_experiment_tables(card) for c in entry["classes"])
