@@ -29,21 +29,32 @@ router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)
 AUDIT_PAGE = 50
 
 
-@router.get("/models")
-def models_page(request: Request, session: SessionDep, caller: AdminPage):
+def _models_page(request: Request, session: Session, caller: ConsoleCaller, *, errors: dict | None = None,
+                 status_code: int = 200):
     min_patients = get_settings().min_training_patients
     models = models_service.list_models(session, statuses=list(ModelStatus))
     cards = [models_service.public_card(m, min_patients=min_patients, admin=True) for m in models]
-    return render(request, "models.html", caller=caller, cards=cards, min_patients=min_patients)
+    return render(request, "models.html", status_code=status_code, caller=caller, cards=cards,
+                  min_patients=min_patients, errors=errors or {})
+
+
+@router.get("/models")
+def models_page(request: Request, session: SessionDep, caller: AdminPage):
+    return _models_page(request, session, caller)
 
 
 @router.post("/models/{model_id}/{action}")
-def model_action(model_id: uuid.UUID, action: str, session: SessionDep, caller: AdminPage, form: CheckedForm):
+def model_action(model_id: uuid.UUID, action: str, request: Request, session: SessionDep, caller: AdminPage,
+                 form: CheckedForm):
     note = str(form.get("note") or "").strip()[:500] or None
     if action == "publish":
         models_service.publish(session, model_id=model_id, actor=caller.actor, note=note)
         return redirect("/ui/models?done=published")
     if action == "retire":
+        # Retiring cannot be undone and stops every pending request on the model: one click is not enough.
+        if form.get("confirm") != "yes":
+            return _models_page(request, session, caller, status_code=422, errors={
+                str(model_id): "tick the box to confirm: a retired version cannot be published again"})
         models_service.retire(session, model_id=model_id, actor=caller.actor, note=note)
         return redirect("/ui/models?done=retired")
     raise ApiError("no such action", status_code=404, code="not_found")

@@ -172,5 +172,5 @@ def test_the_review_page_says_the_requests_model_was_retired(new_page, admin, re
     with page.expect_response(lambda r: r.request.method == "POST") as resp:
         page.click("form[action$='/reviews'] button[type=submit]")
     assert resp.value.status == 409
-    expect(page.locator(".error-message")).to_contain_text("was retired after this request was made")
+    expect(page.locator(".error-message")).to_contain_text("was retired, so this dataset cannot be approved")
     shot(page, shots, "review-retired-model")

@@ -143,6 +143,7 @@ def test_an_admin_publishes_a_draft_model_and_retires_it(new_page, admin, clean,
     shot(page, shots, "admin-models")
     page.click(f"form[action='/ui/models/{draft.id}/publish'] button")
     expect(page.locator(".flash")).to_have_text("The model version is published.")
+    page.check(f"form[action='/ui/models/{draft.id}/retire'] input[name=confirm]")
     page.click(f"form[action='/ui/models/{draft.id}/retire'] button")
     expect(page.locator(".flash")).to_have_text("The model version is retired.")
     page.goto("/ui/audit?action=model.")
@@ -283,3 +284,24 @@ def test_a_generating_datasets_page_shows_the_workers_note_as_it_changes(new_pag
     shot(page, shots, "researcher-dataset-shard-note")
     page.goto("/ui/datasets")  # the lists carry it too
     expect(page.locator(f"[data-note='{ds_id}']")).to_have_text("images 1-1000: 512 of 1000 generated")
+
+
+def test_retiring_a_model_needs_the_box_ticked_and_nothing_changes_without_it(new_page, admin, clean, shots):
+    from service.db import session_scope
+    from service.modelversions.models import ModelVersion
+
+    with session_scope() as s:
+        mv = make_model_version(s, status="published", name="cxr-dcgan", version="3.0")
+    page = new_page()
+    sign_in(page, admin.key)
+    page.goto("/ui/models")
+    form = f"form[action='/ui/models/{mv.id}/retire']"
+    # the browser refuses an unticked box; a client that skips that check meets the server's own
+    page.eval_on_selector(f"{form} input[name=confirm]", "el => el.removeAttribute('required')")
+    with page.expect_response(lambda r: r.request.method == "POST") as resp:
+        page.click(f"{form} button")
+    assert resp.value.status == 422
+    expect(page.locator(f"{form} .field-error")).to_contain_text("tick the box to confirm")
+    shot(page, shots, "retire-needs-confirmation")
+    with session_scope() as s:
+        assert s.get(ModelVersion, mv.id).status.value == "published"
