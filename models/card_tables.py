@@ -28,6 +28,13 @@ def _ms(m: dict | None) -> str:
     return f"{m['mean']:.3f} ± {m['sd']:.3f}" if m.get("sd") is not None else f"{m['mean']:.3f}"
 
 
+def _dcr_control(c: dict | None) -> str:
+    if not c:
+        return "-"
+    return (f"{_pct(c['synthetic'])} vs {_pct(c['real_new_patients'])} ({100 * c['difference']:+.1f} ± "
+            f"{100 * (c['difference_sd'] or 0):.1f} points, {c['repeats']} repeats)")
+
+
 def headline(card: dict) -> dict[str, str]:
     """The figures the default's README leads with, as text, keyed by what they measure."""
     m, p = card.get("metrics") or {}, card.get("privacy") or {}
@@ -53,6 +60,7 @@ def headline(card: dict) -> dict[str, str]:
         "own images flagged copy / re-identification; DCR share": (
             f"{_pct(reid_gen.get('flagged_copy'), 2)} / {_pct(reid_gen.get('flagged_reidentification'), 2)} of "
             f"{reid_gen.get('n_images')}; {_pct((reid_gen.get('dcr') or {}).get('share_closer_to_training'))}"),
+        "DCR share beside new patients' own (difference ± sd over repeats)": _dcr_control(reid_gen.get("dcr_control")),
         "membership-inference AUC (distance / discriminator)": " / ".join(
             _f((mia.get(k) or {}).get("auc")) for k in ("distance", "discriminator")),
         "informative heatmap conditions": f"{n_cond - len(hm.get('uninformative_conditions') or [])} of {n_cond}",

@@ -44,9 +44,11 @@ def _agreement(flags: list[np.ndarray]) -> dict:
     return out
 
 
-def generated_check(bundle, index, cal, n: int, seed: int = 0) -> dict:
-    """The bundle's own images (n / C per condition, first attempt, as a worker makes them)."""
+def generated_check(bundle, index, cal, n: int, seed: int = 0, trainset=None) -> dict:
+    """The bundle's own images (n / C per condition, first attempt, as a worker makes them); with the
+    training set, the DCR share also beside its real-data control (models.privacy.dcr)."""
     # lazy: loaded on first use, so importing models.privacy stays torch-free
+    from models.privacy.dcr import dcr_with_control
     from models.privacy.filter import COPY, REID, memorisation_filter
     from models.privacy.report import balanced_conditions, balanced_generate_fn
 
@@ -63,6 +65,7 @@ def generated_check(bundle, index, cal, n: int, seed: int = 0) -> dict:
     return {"n_images": int(n), "seed": int(seed), "flagged_copy": float(np.mean(check == COPY)),
             "flagged_reidentification": float(np.mean(check == REID)),
             "flagged_either": float(np.mean(check != "")), "dcr": index.dcr_share(px),
+            "dcr_control": None if trainset is None else dcr_with_control(index, trainset, px, seed=seed),
             "per_condition_reidentification": {c: float(np.mean(check[cond_of == k] == REID)) for k, c in enumerate(bundle.conditions)}}
 
 
@@ -165,7 +168,7 @@ def run(args) -> dict:
         copy_threshold = float(cal.threshold)
         timings["index_and_calibration"] = round(time.time() - t, 1)
         t = time.time()
-        gen = generated_check(bundle, index, cal, args.n_generated, seed=args.seed)
+        gen = generated_check(bundle, index, cal, args.n_generated, seed=args.seed, trainset=ts)
         timings["generated"] = round(time.time() - t, 1)
         (out / "privacy_index.npz").write_bytes(index.to_bytes())
     else:  # the evaluation's calibration is the same rule on the same images; registration recomputes it

@@ -191,7 +191,7 @@ def run(args) -> dict:
         t = time.time()
         # per check, at the first attempt, as reid_ship measures when it ships the verifier
         report["reidentification_on_generated"] = generated_check(
-            bundle, index, cal, min(args.n_generated, REID_GENERATED_N), seed=args.seed)
+            bundle, index, cal, min(args.n_generated, REID_GENERATED_N), seed=args.seed, trainset=trainset)
         timings["reidentification_on_generated"] = time.time() - t
 
     t = time.time()

@@ -142,3 +142,19 @@ def test_a_bundle_keeps_its_verifier_when_its_card_is_rewritten(verifier):
     assert again.card == {"name": "rewritten"} and again.verifier["kind"] == "linear"
     assert again.verifier["projection"].dtype.is_floating_point and again.verifier["projection"].itemsize == 2  # fp16
     np.testing.assert_allclose(again.verifier["projection"].float().numpy(), verifier.projection, atol=1e-2, rtol=1e-2)
+
+
+def test_the_dcr_control_scores_a_training_patients_new_images_above_new_patients_images(patients, reid_setup):
+    from models.privacy.dcr import dcr_with_control
+
+    ts, bases, nuisance = patients
+    _, index, _ = reid_setup
+    rng = np.random.default_rng(5)
+    trained_on = [b for p, b in enumerate(bases) if p % 5 < 3]  # the fixture's train patients
+    memorised = np.stack([patient_image(rng, b, nuisance) for b in trained_on[:30]])  # new views of them
+    strangers = np.stack([patient_image(rng, b, nuisance) for b in smooth_base(np.random.default_rng(77), 30)])
+    mem, new = dcr_with_control(index, ts, memorised), dcr_with_control(index, ts, strangers)
+    assert mem["real_new_patients"] == new["real_new_patients"]  # the same control for both
+    assert mem["difference"] > 0.2 and mem["synthetic"] >= 0.7
+    assert abs(new["difference"]) < 0.15, new
+    assert mem["n_synthetic"] == 30 and mem["n_heldout_images"] == int(np.isin(ts.splits, ["val", "test"]).sum())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import make_trainset
 
 from models.bundle import save_bundle
@@ -65,5 +66,9 @@ def test_writing_the_privacy_section_keeps_the_verifiers_figures_and_rechecks_th
     gen = reid["filter_on_generated"]
     assert gen["n_images"] == 32 and 0.0 <= gen["flagged_either"] <= 1.0
     assert reid["targets_met"]["generated_flagged"] == (gen["flagged_either"] <= 0.02)
+    control = gen["dcr_control"]  # the DCR share beside what new patients' own images score
+    assert control["repeats"] == 5 and len(control["per_repeat"]["real_new_patients"]) == 5
+    assert 0.0 <= control["real_new_patients"] <= 1.0 and 0.0 <= control["synthetic"] <= 1.0
+    assert control["difference"] == pytest.approx(control["synthetic"] - control["real_new_patients"])
     assert written.verifier is not None and written.verifier["kind"] == "ncc"
     assert json.loads((tmp_path / "card.json").read_text())["privacy"]["reidentification"]["filter_on_generated"] == gen
