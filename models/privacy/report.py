@@ -27,6 +27,10 @@ from pathlib import Path
 import numpy as np
 
 REID_GENERATED_N = 2000  # the bundle's own images checked per check (the size reid_ship reports)
+# A card says in words when its generated images sit this much closer to training patients than new
+# patients' own radiographs do (the DCR control, models.privacy.dcr).
+DCR_CAVEAT_POINTS = 0.02
+DCR_CAVEAT_PREFIX = "Memorisation (DCR):"
 
 
 def _generate_fn(bundle, seed: int, labels_for):
@@ -309,7 +313,16 @@ def write_card_section(bundle_path, report: dict) -> None:
                    "generated_flagged": gen["flagged_either"] <= reid.get("targets", {}).get("generated_flagged", 0.02)}
             reid = {**reid, "filter_on_generated": gen, "targets_met": met}
         privacy["reidentification"] = reid
-    b.card = {**b.card, "privacy": privacy}
+    control = ((privacy.get("reidentification") or {}).get("filter_on_generated") or {}).get("dcr_control")
+    caveats = [c for c in b.card.get("caveats", []) if not c.startswith(DCR_CAVEAT_PREFIX)]
+    if control and control["difference"] > DCR_CAVEAT_POINTS:
+        caveats.append(
+            f"{DCR_CAVEAT_PREFIX} {control['synthetic']:.1%} of this model's images sit closer to a training patient "
+            f"than to a new one, against {control['real_new_patients']:.1%} of new patients' own radiographs "
+            f"({100 * control['difference']:+.1f} ± {100 * (control['difference_sd'] or 0):.1f} points over "
+            f"{control['repeats']} halvings of the held-out set, verifier space): the generator is pulled toward its "
+            "training patients. The filter replaces the images within its thresholds; it does not undo that shift.")
+    b.card = {**b.card, "privacy": privacy, "caveats": caveats}
     write_bundle(bundle_path, b)
 
 

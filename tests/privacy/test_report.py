@@ -72,3 +72,27 @@ def test_writing_the_privacy_section_keeps_the_verifiers_figures_and_rechecks_th
     assert control["difference"] == pytest.approx(control["synthetic"] - control["real_new_patients"])
     assert written.verifier is not None and written.verifier["kind"] == "ncc"
     assert json.loads((tmp_path / "card.json").read_text())["privacy"]["reidentification"]["filter_on_generated"] == gen
+
+
+@pytest.mark.parametrize("difference, says_so", [(0.05, True), (0.0, False)])
+def test_the_card_says_in_words_when_the_generator_sits_closer_to_training_patients(bundle, tmp_path, difference,
+                                                                                     says_so):
+    from models.bundle import load_bundle
+
+    old = report.DCR_CAVEAT_PREFIX + " an earlier measurement"
+    path = save_bundle(tmp_path / "bundle.pt", generator=bundle.generator, classifier=bundle.classifier,
+                       discriminator=bundle.discriminator, conditions=bundle.conditions, config=bundle.config,
+                       card={**bundle.card, "caveats": ["kept", old],
+                             "privacy": {"reidentification": {"targets": {"generated_flagged": 0.02}}}})
+    control = {"synthetic": 0.58 + difference, "real_new_patients": 0.58, "difference": difference,
+               "difference_sd": 0.03, "repeats": 5}
+    rep = {"generated": {"n_images": 10}, "calibration": {}, "heldout": {}, "membership_inference": {},
+           "bundle": {"sha256": "0" * 64}, "device": "cpu",
+           "reidentification_on_generated": {"flagged_either": 0.01, "dcr_control": control}}
+    report.write_card_section(path, rep)
+    caveats = load_bundle(path).card["caveats"]
+    assert "kept" in caveats and old not in caveats
+    dcr = [c for c in caveats if c.startswith(report.DCR_CAVEAT_PREFIX)]
+    assert (dcr == []) != says_so
+    if says_so:
+        assert f"{0.58 + difference:.1%}" in dcr[0] and "+5.0 ± 3.0 points" in dcr[0]
