@@ -96,3 +96,14 @@ def test_the_readme_tables_render_from_the_shipped_card_in_the_models_condition_
     assert [r.split(" | ")[0].removeprefix("| ") for r in rows] == list(CONDITIONS)
     for key, entry in (card.get("augmentation_experiment") or {}).items():
         assert key in seed_experiment_tables(card) and all(c in seed_experiment_tables(card) for c in entry["classes"])
+
+
+def test_the_shipped_bundle_carries_its_verifier_and_a_check_of_its_own_images():
+    b = load_bundle(CKPT / "bundle.pt")
+    assert b.verifier is not None and b.verifier["kind"] == b.card["privacy"]["reidentification"]["kind"]
+    own = b.card["privacy"]["reidentification"]["filter_on_generated"]
+    # measured for this generator, not inherited from the bundle it was continued from
+    assert "not_measured" not in own and own["n_images"] >= 2000 and own["flagged_either"] <= 0.02
+    control = own["dcr_control"]
+    assert control["repeats"] >= 5 and control["n_synthetic"] == own["n_images"]
+    assert set(b.card["augmentation_experiment"]) == {"seed", "all"}
