@@ -1,5 +1,6 @@
 """The API under uvicorn in a process of its own, on a free loopback port, for tests that need real
-HTTP (load, fuzzing): started, waited for until /v1/health answers 200, terminated afterwards."""
+HTTP (load, fuzzing): started, waited for until /v1/health answers 200, terminated afterwards; or in a
+thread of the test process for the CLI tests."""
 
 from __future__ import annotations
 
@@ -47,3 +48,29 @@ def served_api(env: dict[str, str], log_path: Path, *extra_args: str, start_time
         finally:
             proc.terminate()
             proc.wait(timeout=20)
+
+
+@contextmanager
+def api_in_thread(start_timeout_s: float = 10) -> Iterator[str]:
+    """The API in a thread of the test process, with the test's settings (the CLI tests speak HTTP to
+    it). Yields the base URL; stopped afterwards."""
+    import threading
+
+    import uvicorn
+
+    from service.app import create_app
+    from service.embedded import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout_s
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(5)

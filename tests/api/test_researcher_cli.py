@@ -3,34 +3,18 @@ does when the API says "not now" (rate limit) and how it prints the API's own wo
 
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
 from typer.testing import CliRunner
 
 from tests.factories import make_dataset
+from tests.serving import api_in_thread
 
 
 @pytest.fixture
 def api_url(api):
     """The API in a thread of this process (the CLI speaks HTTP)."""
-    import uvicorn
-
-    from service.app import create_app
-    from service.embedded import free_port
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(5)
+    with api_in_thread() as url:
+        yield url
 
 
 def cli(*args: str):

@@ -220,24 +220,10 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, workers
 @pytest.fixture
 def api_server(api):
     """The API on a real port (the researcher CLI speaks HTTP), in a thread of the test process."""
-    import threading
+    from tests.serving import api_in_thread
 
-    import uvicorn
-
-    from service.app import create_app
-    from service.embedded import free_port
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(5)
+    with api_in_thread() as url:
+        yield url
 
 
 def request_dataset(api, user, spec: dict, seed: int, fmt: str = "png", heatmaps: bool = True) -> str:
