@@ -44,31 +44,6 @@ def _agreement(flags: list[np.ndarray]) -> dict:
     return out
 
 
-def generated_check(bundle, index, cal, n: int, seed: int = 0, trainset=None) -> dict:
-    """The bundle's own images (n / C per condition, first attempt, as a worker makes them); with the
-    training set, the DCR share also beside its real-data control (models.privacy.dcr)."""
-    # lazy: loaded on first use, so importing models.privacy stays torch-free
-    from models.privacy.dcr import dcr_with_control
-    from models.privacy.filter import COPY, REID, memorisation_filter
-    from models.privacy.report import balanced_conditions, balanced_generate_fn
-
-    cond_of = balanced_conditions(n, len(bundle.conditions))
-    gen = balanced_generate_fn(bundle, seed, n)
-    checks, pixels = [], []
-    for s in range(0, n, 500):
-        idx = np.arange(s, min(s + 500, n))
-        px, emb, _ = gen(idx, np.zeros(len(idx), np.int64))
-        checks.append(memorisation_filter(index, cal, px, emb).check)
-        pixels.append(px)
-    check = np.concatenate(checks)
-    px = np.concatenate(pixels)
-    return {"n_images": int(n), "seed": int(seed), "flagged_copy": float(np.mean(check == COPY)),
-            "flagged_reidentification": float(np.mean(check == REID)),
-            "flagged_either": float(np.mean(check != "")), "dcr": index.dcr_share(px),
-            "dcr_control": None if trainset is None else dcr_with_control(index, trainset, px, seed=seed),
-            "per_condition_reidentification": {c: float(np.mean(check[cond_of == k] == REID)) for k, c in enumerate(bundle.conditions)}}
-
-
 def caveat(section: dict) -> str:
     s = section["verifier_heldout"]
     catch = s["loo_catch_rate_crossfit"]
@@ -168,6 +143,9 @@ def run(args) -> dict:
         copy_threshold = float(cal.threshold)
         timings["index_and_calibration"] = round(time.time() - t, 1)
         t = time.time()
+        # lazy: as above
+        from models.privacy.own_images import generated_check
+
         gen = generated_check(bundle, index, cal, args.n_generated, seed=args.seed, trainset=ts)
         timings["generated"] = round(time.time() - t, 1)
         (out / "privacy_index.npz").write_bytes(index.to_bytes())

@@ -33,43 +33,6 @@ DCR_CAVEAT_POINTS = 0.02
 DCR_CAVEAT_PREFIX = "Memorisation (DCR):"
 
 
-def _generate_fn(bundle, seed: int, labels_for):
-    """The worker's generate_fn shape: (indices, attempts) -> (uint8 pixels, embeddings, None)."""
-    import torch
-
-    # lazy: loaded on first use, so importing models.privacy stays torch-free
-    from models.imaging import to_uint8
-    from models.latents import latent_batch
-    from models.privacy.features import classifier_embeddings
-
-    def generate_fn(indices, attempts):
-        z = torch.from_numpy(latent_batch(seed, indices, attempts, bundle.nz)).to(bundle.device)
-        y = torch.from_numpy(labels_for(indices)).to(bundle.device)
-        with torch.inference_mode():
-            px = to_uint8(bundle.generator(z, y))
-        return px, classifier_embeddings(bundle.classifier, px), None
-
-    return generate_fn
-
-
-def balanced_conditions(n: int, n_cond: int) -> np.ndarray:
-    """Condition of each of ``n`` images in contiguous blocks of n / C each, as in a dataset."""
-    return np.arange(n) * n_cond // n
-
-
-def balanced_generate_fn(bundle, seed: int, n: int):
-    """``_generate_fn`` for the images of ``balanced_conditions``."""
-    n_cond = len(bundle.conditions)
-    cond_of = balanced_conditions(n, n_cond)
-
-    def labels_for(indices):
-        y = np.zeros((len(indices), n_cond), dtype=np.float32)
-        y[np.arange(len(indices)), cond_of[indices]] = 1.0
-        return y
-
-    return _generate_fn(bundle, seed, labels_for)
-
-
 def filter_generated(bundle, index, calibration, *, n: int, seed: int, max_attempts: int = 8, shard: int = 1000) -> dict:
     """Generate ``n`` images (n / C per condition, contiguous blocks as in a dataset) and run the
     filter as the worker does: flagged images are regenerated with attempt + 1, up to max_attempts.
@@ -79,6 +42,7 @@ def filter_generated(bundle, index, calibration, *, n: int, seed: int, max_attem
     """
     # lazy: loaded on first use, so importing models.privacy stays torch-free
     from models.privacy.filter import memorisation_filter
+    from models.privacy.own_images import balanced_conditions, balanced_generate_fn
 
     cond_of = balanced_conditions(n, len(bundle.conditions))
     gen = balanced_generate_fn(bundle, seed, n)
@@ -189,8 +153,8 @@ def run(args) -> dict:
     report["evidence_histogram"] = evidence
     timings["generate_filter"] = time.time() - t
     if index.reid is not None:
-        # lazy: reid_ship imports this module's generators in turn
-        from models.privacy.reid_ship import generated_check
+        # lazy: loaded on first use, so importing models.privacy stays torch-free
+        from models.privacy.own_images import generated_check
 
         t = time.time()
         # per check, at the first attempt, as reid_ship measures when it ships the verifier
