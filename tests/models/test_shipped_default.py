@@ -107,3 +107,11 @@ def test_the_shipped_bundle_carries_its_verifier_and_a_check_of_its_own_images()
     control = own["dcr_control"]
     assert control["repeats"] >= 5 and control["n_synthetic"] == own["n_images"]
     assert set(b.card["augmentation_experiment"]) == {"seed", "all"}
+
+
+def test_the_shipped_card_records_the_recipe_ablation_it_was_chosen_by_but_keeps_it_from_researchers():
+    card = json.loads((CKPT / "card.json").read_text())
+    ablation = card["training"]["recipe_ablation"]
+    assert {"baseline (translation)", "full DiffAugment"} <= set(ablation["steps_600"]) and ablation["kept"]
+    assert card["training"]["augment"] == "translation"  # the recipe the ablation kept is the one trained
+    assert "training" not in researcher_card(card)
