@@ -59,13 +59,21 @@ def _postgres_sql(query: Select) -> str:
     return str(query.compile(dialect=postgresql.psycopg.dialect()))
 
 
+RECONNECT_TIMEOUT_S = 2.0
+
+
 class _PostgresReads:
     """One event loop's asyncio connections for these reads."""
 
     def __init__(self, url: str, size: int, timeout_s: float):
         conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        # reconnect_timeout: the pool's reconnection backs off exponentially for as long as it keeps
+        # trying (5 minutes by default), so after a 20 s outage its next attempt came ~10 s after the
+        # database was back and reads kept answering 503 meanwhile. Giving up an attempt after a couple
+        # of seconds lets the next read start a fresh one at once.
         self.pool = AsyncConnectionPool(conninfo, min_size=1, max_size=size, timeout=timeout_s, open=False,
-                                        kwargs={"autocommit": True}, name="xraysynth-reads")
+                                        kwargs={"autocommit": True}, name="xraysynth-reads",
+                                        reconnect_timeout=RECONNECT_TIMEOUT_S)
         self.opened = False
 
     async def rows(self, query: Select, params: dict) -> list:

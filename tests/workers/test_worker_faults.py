@@ -159,6 +159,25 @@ class TestPostgresOutage:
             os.environ["XRAYSYNTH_DATABASE_URL"] = saved
             _reset_service_caches()
 
+    def test_status_reads_answer_again_within_seconds_of_the_database_coming_back(
+            self, model_version, researcher, api, own_postgres):
+        # The reads' pool backed off exponentially while the database was down: after 20 s its next
+        # attempt came ~10 s after the restart, and reads answered 503 all that while.
+        ds = request_dataset(api, researcher, {"Mass": 2}, 1)
+        assert api.get(f"/v1/datasets/{ds}", headers=researcher.headers).status_code == 200
+        own_postgres.stop()
+        try:
+            down_until = time.monotonic() + 20
+            while time.monotonic() < down_until:
+                assert api.get(f"/v1/datasets/{ds}", headers=researcher.headers).status_code == 503
+                time.sleep(1)
+        finally:
+            own_postgres.start()
+        back = time.monotonic()
+        r = api.get(f"/v1/datasets/{ds}", headers=researcher.headers)
+        assert r.status_code == 200, r.text
+        assert time.monotonic() - back < 3
+
     def test_postgres_stopped_and_started_mid_dataset_503s_meanwhile_then_completes(
             self, model_version, researcher, admin, api, own_postgres, start_worker):
         worker = start_worker(XRAYSYNTH_DATABASE_URL=own_postgres.url, **SLOW)
