@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service import health
+from service import health, hot_reads
 from service.console.render import error_page
 from service.console.routes import install as install_console
 from service.console.security import SecurityHeaders
@@ -97,6 +97,7 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     for router in ROUTERS:
         app.include_router(router, dependencies=AUTHENTICATED)
+    hot_reads.install(app)  # after the routers: its routes go first in the table
     install_console(app)  # the web console under /ui/, and / -> /ui/
     install_openapi(app)
     install_observability(app)  # last: the outermost middleware sees every answer

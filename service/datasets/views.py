@@ -17,6 +17,7 @@ from service.datasets.schemas import (
 from service.deps import AdminDep, CallerDep, ReaderDep, ResearcherDep, SessionDep, UnitOfWorkRoute
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], route_class=UnitOfWorkRoute)
+LIST_LIMIT = 100  # datasets a list answers when the client names no limit
 
 
 @router.post("", status_code=202, response_model=DatasetPublic, summary="Request a synthetic dataset (goes to review)")
@@ -31,7 +32,7 @@ def create_dataset(data: DatasetCreate, session: SessionDep, caller: ResearcherD
 async def list_datasets(
     caller: ReaderDep,
     status: DatasetStatus | None = None,
-    limit: int = Query(100, ge=1, le=500),
+    limit: int = Query(LIST_LIMIT, ge=1, le=500),
 ):
     return _json(await reads.list_json(account=caller.account, status=status, limit=limit))
 

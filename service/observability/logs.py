@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
-import secrets
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,7 +35,8 @@ def request_id_from(header: str | None) -> str:
     """The client's id if it is a plain token, else a fresh one."""
     if header and _CLIENT_ID.match(header):
         return header
-    return secrets.token_hex(16)  # as uuid4().hex, at a third of the cost (one per request)
+    # A correlation id, not a secret: the process's PRNG, without a getrandom() call per request.
+    return f"{random.getrandbits(128):032x}"
 
 
 def open_context(**fields: object) -> Token:
