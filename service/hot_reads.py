@@ -38,7 +38,10 @@ class HotRoute(Route):
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         if self.plain_only and scope.get("query_string"):
             return Match.NONE, {}
-        return super().matches(scope)
+        match, child = super().matches(scope)
+        if match == Match.FULL:
+            child["route"] = self  # as FastAPI records its routes: the metrics label, without a search
+        return match, child
 
 
 async def _status(request: Request) -> Response:

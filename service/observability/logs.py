@@ -79,8 +79,12 @@ class _Redactor:
         for secret in self.secrets:
             if secret in text:
                 text = text.replace(secret, "[redacted]")
-        text = _SECRET_PATTERNS[0].sub("[redacted]", text)
-        return _SECRET_PATTERNS[1].sub(r"\1[redacted]", text)
+        # The substring tests first: nearly every line has neither, and they cost a tenth of a search.
+        if "xs_" in text:
+            text = _SECRET_PATTERNS[0].sub("[redacted]", text)
+        if "bearer" in text.lower():
+            text = _SECRET_PATTERNS[1].sub(r"\1[redacted]", text)
+        return text
 
 
 class JsonFormatter(logging.Formatter):
@@ -100,8 +104,9 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, name, None) or ctx.get(name)
             if value is not None:
                 out[name] = str(value)
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD_ATTRS and key not in out and not key.startswith("_"):
+        for key in sorted(record.__dict__.keys() - _STANDARD_ATTRS):
+            if key not in out and not key.startswith("_"):
+                value = record.__dict__[key]
                 out[key] = value if isinstance(value, int | float | bool) or value is None else str(value)
         if record.exc_info:
             # The type only: exception text and frames can carry request data.
@@ -148,6 +153,9 @@ def configure_logging(fmt: str | None = None, level: str | int = "INFO") -> None
     """
     fmt = (fmt or os.environ.get("XRAYSYNTH_LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json")).lower()
     redact = _Redactor(_secrets_of_settings())
+    # Neither format shows the caller's file and line: skip the stack walk that finds them for every
+    # record (the logging HOWTO's "Optimization"; an API access line cost 15 % less).
+    logging._srcfile = None
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(ConsoleFormatter(redact) if fmt == "console" else JsonFormatter(redact))
     handler.set_name("xraysynth")
