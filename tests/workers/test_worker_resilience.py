@@ -35,6 +35,13 @@ def done_images(dataset_id: str) -> int:
         return s.scalar(select(Dataset.done_images).where(Dataset.id == uuid.UUID(dataset_id)))
 
 
+def differing_images(a: str, b: str) -> list:
+    """(index, attempt in a, attempt in b, same bytes) of each image whose provenance differs: says
+    whether a filter decision or the image itself changed."""
+    return [(pa[0], pa[1], pb[1], pa[2] == pb[2]) for pa, pb in zip(provenance(a), provenance(b))
+            if (pa[1], pa[2]) != (pb[1], pb[2])]
+
+
 def test_same_request_same_bytes_across_workers(model_version, researcher, admin, api, start_worker):
     a = request_dataset(api, researcher, PLANT_SPEC, PLANT_SEED)
     b = request_dataset(api, researcher, PLANT_SPEC, PLANT_SEED)
@@ -72,7 +79,7 @@ def test_kill_9_mid_dataset_another_worker_completes(model_version, researcher, 
 
     second = start_worker()
     wait_status(api, researcher, victim, "ready", timeout=60, workers=[second])
-    assert shard_hashes(victim) == shard_hashes(reference)
+    assert shard_hashes(victim) == shard_hashes(reference), differing_images(victim, reference)
     rows = provenance(victim)
     assert len(rows) == 24 and len({r.index for r in rows}) == 24  # no duplicates, none missing
     assert [tuple(r) for r in rows] == [tuple(r) for r in provenance(reference)]
