@@ -153,8 +153,9 @@ def _look_up(digest: str) -> tuple[Account, ApiKey] | None:
     return found
 
 
-_bearer = HTTPBearer(auto_error=False, description="an API key: `Authorization: Bearer <key>`")
-BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+# The API key scheme: FastAPI routes depend on it; service.hot_reads calls it with the request.
+bearer = HTTPBearer(auto_error=False, description="an API key: `Authorization: Bearer <key>`")
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
 async def _identify(credentials: HTTPAuthorizationCredentials | None) -> tuple[Account, ApiKey]:

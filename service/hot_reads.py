@@ -14,16 +14,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI
-from fastapi.security import HTTPBearer
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import Scope
 
 from service.datasets import views
-from service.deps import current_reader
-
-_bearer = HTTPBearer(auto_error=False)
+from service.deps import bearer, current_reader
 
 
 class HotRoute(Route):
@@ -45,12 +42,12 @@ class HotRoute(Route):
 
 
 async def _status(request: Request) -> Response:
-    caller = await current_reader(await _bearer(request))
+    caller = await current_reader(await bearer(request))
     return await views.get_dataset(request.path_params["dataset_id"], caller)
 
 
 async def _list(request: Request) -> Response:
-    caller = await current_reader(await _bearer(request))
+    caller = await current_reader(await bearer(request))
     return await views.list_datasets(caller, status=None, limit=views.LIST_LIMIT)
 
 
