@@ -35,6 +35,12 @@ def done_images(dataset_id: str) -> int:
         return s.scalar(select(Dataset.done_images).where(Dataset.id == uuid.UUID(dataset_id)))
 
 
+def shard_leased(dataset_id: str, index: int) -> bool:
+    from workers import leases
+
+    return leases.leased([leases.shard_job(dataset_id, index)])[0]
+
+
 def differing_images(a: str, b: str) -> list:
     """(index, attempt in a, attempt in b, same bytes) of each image whose provenance differs: says
     whether a filter decision or the image itself changed."""
@@ -73,7 +79,9 @@ def test_kill_9_mid_dataset_another_worker_completes(model_version, researcher, 
 
     victim = request_dataset(api, researcher, PLANT_SPEC, PLANT_SEED)
     approve(api, admin, victim)
-    wait_for(lambda: done_images(victim) >= 8, 60, "the first shard", [first])
+    # Killed while it produces shard 1 (its lease held): a kill in the moment between taking the next
+    # message and starting it leaves that shard to the broker's redelivery instead (see README, faults).
+    wait_for(lambda: done_images(victim) >= 8 and shard_leased(victim, 1), 60, "shard 1 under way", [first])
     first.kill9()
     assert done_images(victim) < 24, "the worker finished before it could be killed"
 
