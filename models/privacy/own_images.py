@@ -48,7 +48,6 @@ def balanced_generate_fn(bundle, seed: int, n: int):
     return _generate_fn(bundle, seed, labels_for)
 
 
-
 def generated_check(bundle, index, cal, n: int, seed: int = 0, trainset=None) -> dict:
     """The bundle's own images (n / C per condition, first attempt, as a worker makes them); with the
     training set, the DCR share also beside its real-data control (models.privacy.dcr)."""

@@ -132,14 +132,20 @@ def test_an_admin_creates_an_account_whose_key_is_shown_once_and_signs_in(new_pa
     expect(eve.locator("main")).to_contain_text("700 images of your quota remain")
 
 
-def test_an_admin_publishes_a_draft_model_and_retires_it(new_page, admin, clean, shots):
+def models_page_with(new_page, admin, *, status: str, version: str):
+    """An admin on /ui/models with one more model version in `status`: (page, that version)."""
     from service.db import session_scope
 
     with session_scope() as s:
-        draft = make_model_version(s, status="draft", name="cxr-dcgan", version="2.0")
+        mv = make_model_version(s, status=status, name="cxr-dcgan", version=version)
     page = new_page()
     sign_in(page, admin.key)
     page.goto("/ui/models")
+    return page, mv
+
+
+def test_an_admin_publishes_a_draft_model_and_retires_it(new_page, admin, clean, shots):
+    page, draft = models_page_with(new_page, admin, status="draft", version="2.0")
     shot(page, shots, "admin-models")
     page.click(f"form[action='/ui/models/{draft.id}/publish'] button")
     expect(page.locator(".flash")).to_have_text("The model version is published.")
@@ -290,11 +296,7 @@ def test_retiring_a_model_needs_the_box_ticked_and_nothing_changes_without_it(ne
     from service.db import session_scope
     from service.modelversions.models import ModelVersion
 
-    with session_scope() as s:
-        mv = make_model_version(s, status="published", name="cxr-dcgan", version="3.0")
-    page = new_page()
-    sign_in(page, admin.key)
-    page.goto("/ui/models")
+    page, mv = models_page_with(new_page, admin, status="published", version="3.0")
     form = f"form[action='/ui/models/{mv.id}/retire']"
     # the browser refuses an unticked box; a client that skips that check meets the server's own
     page.eval_on_selector(f"{form} input[name=confirm]", "el => el.removeAttribute('required')")
