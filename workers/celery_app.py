@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 
+import redis
 from celery import Celery, signals
 
 import service.tables  # noqa: F401 — every table registered, so relationships between domains resolve
@@ -19,7 +20,7 @@ from service import db, heartbeat, storage
 from service.observability.logs import configure_logging
 from service.queue import celery_config
 from service.settings import get_settings
-from workers import metrics
+from workers import leases, metrics
 from workers.heartbeat import HeartbeatThread
 from workers.produce import shutdown_pool
 from workers.sweeper import SweeperThread
@@ -32,6 +33,7 @@ app.conf.update(celery_config(get_settings()))
 _sweeper = None
 _heartbeat = None
 _concurrency = 1
+_reservations: leases.Reservations | None = None
 
 
 @signals.setup_logging.connect
@@ -63,6 +65,21 @@ def _on_child_start(**_):
     import torch  # after the fork: this child's own runtime
 
     torch.set_num_threads(threads)
+
+
+@signals.task_received.connect
+def _reserve(request=None, **_):
+    """In the main process, as a message arrives: reserve its job until a task starts it (leases.py)."""
+    global _reservations
+    job = leases.job_of_task(request.name, request.args)
+    if job is None:
+        return
+    try:
+        if _reservations is None:
+            _reservations = leases.Reservations()
+        _reservations.take(job)
+    except redis.RedisError as exc:  # the queued marker stays; the task still runs
+        log.warning("could not reserve %s: %s", job, type(exc).__name__)
 
 
 @signals.worker_ready.connect

@@ -39,7 +39,6 @@ log = logging.getLogger("xraysynth.worker.finalise")
 
 def finalise_dataset(dataset_id: uuid.UUID) -> str:
     job = leases.finalise_job(dataset_id)
-    leases.clear_queued(job)
     with leases.Lease(job) as lease:
         if not lease.held:
             return "finalised by another worker"

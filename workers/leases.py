@@ -3,7 +3,12 @@
 * lease ``xraysynth:lease:<job>`` — held by the worker running a job, with a TTL refreshed by a
   background thread; a killed worker's lease simply expires.
 * queued marker ``xraysynth:queued:<job>`` — set when a task message is sent, cleared when a worker
-  starts it; a job that is neither queued nor leased (and not done) has been lost.
+  receives it;
+* reservation ``xraysynth:reserved:<job>`` — set when a worker takes the message from the broker, with a
+  TTL its main process refreshes until the task starts: a worker killed between taking a message and
+  starting it lets the reservation expire, instead of hiding the job behind a queued marker until the
+  broker redelivers the unacknowledged message (``VISIBILITY_TIMEOUT_S``, hours later);
+* a job that is neither queued, reserved nor leased (and not done) has been lost.
 * start counter ``xraysynth:starts:<job>`` — a shard whose worker dies every time is failed, not
   re-run forever.
 
@@ -16,11 +21,13 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 import uuid
 from functools import lru_cache
 
 import redis
 
+from service import queue
 from service.queue import VISIBILITY_TIMEOUT_S
 from service.settings import get_settings
 from workers.config import worker_settings
@@ -55,6 +62,20 @@ def finalise_job(dataset_id) -> str:
     return f"finalise:{dataset_id}"
 
 
+def job_of_task(task_name: str, args) -> str | None:
+    """The job a task message is for (None for tasks nobody tracks, such as a manual sweep)."""
+    try:
+        if task_name == queue.GENERATE_SHARD:
+            return shard_job(args[0], int(args[1]))
+        if task_name == queue.PLAN_DATASET:
+            return plan_job(args[0])
+        if task_name == queue.FINALISE_DATASET:
+            return finalise_job(args[0])
+    except (IndexError, TypeError, ValueError):
+        return None  # a malformed message: the task itself will refuse it
+    return None
+
+
 def owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -71,22 +92,75 @@ def mark_queued(*jobs: str) -> None:
     pipe.execute()
 
 
-def clear_queued(job: str) -> None:
-    client().delete(PREFIX + "queued:" + job)
-
-
-def queued(jobs: list[str]) -> list[bool]:
+def _flags(kind: str, jobs: list[str]) -> list[bool]:
     if not jobs:
         return []
-    return [v is not None for v in client().mget([PREFIX + "queued:" + j for j in jobs])]
+    return [v is not None for v in client().mget([PREFIX + kind + ":" + j for j in jobs])]
+
+
+def leased(jobs: list[str]) -> list[bool]:
+    return _flags("lease", jobs)
+
+
+def reserved(jobs: list[str]) -> list[bool]:
+    return _flags("reserved", jobs)
+
+
+def in_flight(jobs: list[str]) -> list[bool]:
+    """Queued, reserved or leased, read in one MGET: a job moving from one to the next between two reads
+    could otherwise be seen in none."""
+    if not jobs:
+        return []
+    kinds = ("queued", "reserved", "lease")
+    values = client().mget([PREFIX + kind + ":" + j for j in jobs for kind in kinds])
+    return [any(v is not None for v in values[i * 3:i * 3 + 3]) for i in range(len(jobs))]
+
+
+# -- reservations -----------------------------------------------------------------------------
+
+class Reservations:
+    """The jobs this worker took from the broker and has not started (prefork holds them in the main
+    process until a child is free). Each is a key with a TTL that a daemon thread refreshes; starting
+    the task deletes the key (``Lease.acquire``), and the thread then forgets the job."""
+
+    def __init__(self, ttl_s: float | None = None):
+        self.ttl_ms = int(1000 * (ttl_s or worker_settings().lease_ttl_s))
+        self.owner = owner_id()
+        self._jobs: set[str] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def take(self, job: str) -> None:
+        key = PREFIX + "reserved:" + job
+        pipe = client().pipeline(transaction=True)
+        pipe.set(key, self.owner, px=self.ttl_ms)
+        pipe.delete(PREFIX + "queued:" + job)
+        pipe.execute()
+        with self._lock:
+            self._jobs.add(key)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._refresh, name="reservations", daemon=True)
+                self._thread.start()
+
+    def _refresh(self) -> None:
+        while True:
+            time.sleep(self.ttl_ms / 3000)
+            with self._lock:
+                keys = list(self._jobs)
+            if not keys:
+                continue
+            try:
+                pipe = client().pipeline(transaction=False)
+                for key in keys:
+                    pipe.pexpire(key, self.ttl_ms)  # never recreates a key a started task deleted
+                gone = [key for key, alive in zip(keys, pipe.execute()) if not alive]
+            except redis.RedisError:
+                continue  # the broker blinked; try again next tick
+            with self._lock:
+                self._jobs.difference_update(gone)
 
 
 # -- leases -----------------------------------------------------------------------------------
-
-def leased(jobs: list[str]) -> list[bool]:
-    if not jobs:
-        return []
-    return [v is not None for v in client().mget([PREFIX + "lease:" + j for j in jobs])]
 
 
 def count_start(job: str) -> int:
@@ -121,7 +195,12 @@ class Lease:
         self._thread: threading.Thread | None = None
 
     def acquire(self) -> bool:
-        self.held = bool(client().set(self.key, self.owner, nx=True, px=self.ttl_ms))
+        """Take the lease and, in the same transaction, the job's queued marker and reservation away:
+        whether or not this worker gets the lease, the message in hand is no longer waiting."""
+        pipe = client().pipeline(transaction=True)
+        pipe.set(self.key, self.owner, nx=True, px=self.ttl_ms)
+        pipe.delete(PREFIX + "queued:" + self.job, PREFIX + "reserved:" + self.job)
+        self.held = bool(pipe.execute()[0])
         if self.held:
             self._thread = threading.Thread(target=self._refresh, name=f"lease-{self.job}", daemon=True)
             self._thread.start()

@@ -44,7 +44,6 @@ def _missing_outputs(dataset_id: uuid.UUID, done: list[tuple[int, str, int | Non
 
 def plan_dataset(dataset_id: uuid.UUID) -> str:
     job = leases.plan_job(dataset_id)
-    leases.clear_queued(job)
     with leases.Lease(job) as lease:
         if not lease.held:
             return "planned by another worker"

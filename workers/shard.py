@@ -64,7 +64,6 @@ def load_job(dataset_id: uuid.UUID, shard_index: int) -> tuple[ShardJob | None, 
 def run_shard(dataset_id: uuid.UUID, shard_index: int) -> str:
     """The generate_shard task: idempotent, safe to run twice at once, safe to kill at any point."""
     job_name = leases.shard_job(dataset_id, shard_index)
-    leases.clear_queued(job_name)
     lease = leases.Lease(job_name)
     if not lease.acquire():
         return "leased by another worker"
@@ -165,5 +164,5 @@ def maybe_finalise(dataset_id: uuid.UUID) -> None:
     if st != DatasetStatus.generating or pending:
         return
     job = leases.finalise_job(dataset_id)
-    if not any(leases.queued([job])) and not any(leases.leased([job])):
+    if not leases.in_flight([job])[0]:
         state.enqueue(queue.FINALISE_DATASET, dataset_id, job=job)

@@ -1,8 +1,8 @@
 """Nothing stays stuck: a timer thread in every worker sweeps once per interval (once cluster-wide).
 
 * approved datasets that nobody planned (the API's enqueue was lost) → plan again;
-* generating datasets: shards that are neither done, queued nor leased (their worker died, or the
-  message was lost) → enqueue again; a shard whose worker died ``max_shard_starts`` times → fail;
+* generating datasets: shards that are neither done, queued, reserved nor leased (their worker died,
+  or the message was lost) → enqueue again; a shard whose worker died ``max_shard_starts`` times → fail;
   every shard done but no finalise queued or running → finalise;
 * generating datasets with no sign of life for ``settings.stale_generation_after_s`` and nothing
   queued or running → fail with a reason (an admin retry resumes them);
@@ -64,7 +64,7 @@ def sweep(*, force: bool = False) -> SweepReport | None:
 
     for ds_id in approved:
         job = leases.plan_job(ds_id)
-        if not leases.queued([job])[0] and not leases.leased([job])[0]:
+        if not leases.in_flight([job])[0]:
             state.enqueue(queue.PLAN_DATASET, ds_id, job=job)
             report.planned.append(str(ds_id))
 
@@ -73,14 +73,14 @@ def sweep(*, force: bool = False) -> SweepReport | None:
         shards = sorted(pending.get(ds_id, []))
         # Work still to do: the pending shards, or once they are all done, the finalise step.
         jobs = [leases.shard_job(ds_id, i) for i in shards] or [leases.finalise_job(ds_id)]
-        live = [q or held for q, held in zip(leases.queued(jobs), leases.leased(jobs))]
+        live = leases.in_flight(jobs)
         if not any(live) and now - last_sign > stale:
             reason = (f"no progress for {int((now - last_sign).total_seconds())} s and no worker on it "
                       f"(limit {settings.stale_generation_after_s} s); an admin retry resumes it")
             if state.fail(ds_id, reason):
                 report.failed.append(str(ds_id))
             continue
-        # Lost = neither queued nor leased at two sweeps in a row (a plan or shard that is just being
+        # Lost = neither queued, reserved nor leased at two sweeps in a row (a plan or shard that is just being
         # handed over is not mistaken for lost work).
         lost = leases.confirm_lost([j for j, alive in zip(jobs, live) if not alive], ws.sweep_interval_s)
         if not lost:

@@ -185,13 +185,13 @@ class Worker:
 def start_worker(infra, toy_model, tmp_path) -> Iterator[Callable[..., Worker]]:
     workers: list[Worker] = []
 
-    def start(pool: str = "solo", concurrency: int = 1, **env_overrides: str) -> Worker:
+    def start(pool: str = "solo", concurrency: int = 1, prefetch: int = 1, **env_overrides: str) -> Worker:
         env = {**os.environ, **infra.env, **WORKER_ENV, "XRAYSYNTH_TRAINSET_DIR": str(toy_model.trainset_dir),
                **env_overrides}
         log = tmp_path / f"worker-{len(workers)}.log"
         proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", f"--pool={pool}",
-             f"--concurrency={concurrency}", "-Q", "generation",
+             f"--concurrency={concurrency}", f"--prefetch-multiplier={prefetch}", "-Q", "generation",
              "--loglevel=INFO", "-n", f"test-{uuid.uuid4().hex[:6]}@%h", "--without-mingle", "--without-gossip"],
             cwd=REPO, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
         )

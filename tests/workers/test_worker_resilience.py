@@ -41,6 +41,12 @@ def shard_leased(dataset_id: str, index: int) -> bool:
     return leases.leased([leases.shard_job(dataset_id, index)])[0]
 
 
+def shard_reserved(dataset_id: str, index: int) -> bool:
+    from workers import leases
+
+    return leases.reserved([leases.shard_job(dataset_id, index)])[0]
+
+
 def differing_images(a: str, b: str) -> list:
     """(index, attempt in a, attempt in b, same bytes) of each image whose provenance differs: says
     whether a filter decision or the image itself changed."""
@@ -79,8 +85,8 @@ def test_kill_9_mid_dataset_another_worker_completes(model_version, researcher, 
 
     victim = request_dataset(api, researcher, PLANT_SPEC, PLANT_SEED)
     approve(api, admin, victim)
-    # Killed while it produces shard 1 (its lease held): a kill in the moment between taking the next
-    # message and starting it leaves that shard to the broker's redelivery instead (see README, faults).
+    # Killed while it produces shard 1 (its lease held); the next test kills between taking a message
+    # and starting it.
     wait_for(lambda: done_images(victim) >= 8 and shard_leased(victim, 1), 60, "shard 1 under way", [first])
     first.kill9()
     assert done_images(victim) < 24, "the worker finished before it could be killed"
@@ -92,6 +98,26 @@ def test_kill_9_mid_dataset_another_worker_completes(model_version, researcher, 
     assert len(rows) == 24 and len({r.index for r in rows}) == 24  # no duplicates, none missing
     assert [tuple(r) for r in rows] == [tuple(r) for r in provenance(reference)]
     assert release_object(victim, "manifest.csv") == release_object(reference, "manifest.csv")
+
+
+def test_kill_9_with_a_shard_taken_but_not_started_another_worker_completes(model_version, researcher, admin,
+                                                                           api, start_worker):
+    """A worker killed between taking a shard's message and starting it: the shard is back within a
+    few sweeps, not after the broker's redelivery hours later."""
+    ds = request_dataset(api, researcher, PLANT_SPEC, PLANT_SEED)
+    approve(api, admin, ds)
+    # One child and two messages in hand: shard 0 runs, shard 1 waits in the main process, taken
+    # from the broker but not started — the moment a reservation covers (docs/workers.md, failures).
+    first = start_worker(pool="prefork", concurrency=1, prefetch=2, **SLOW)
+    wait_for(lambda: shard_leased(ds, 0) and shard_reserved(ds, 1) and not shard_leased(ds, 1), 60,
+             "shard 0 running with shard 1 taken but not started", [first])
+    first.kill9()
+    assert done_images(ds) < 24, "the worker finished before it could be killed"
+
+    second = start_worker()
+    wait_status(api, researcher, ds, "ready", timeout=60, workers=[second])
+    rows = provenance(ds)
+    assert len(rows) == 24 and len({r.index for r in rows}) == 24  # no duplicates, none missing
 
 
 def test_storage_outage_fails_with_reason_and_admin_retry_resumes(model_version, researcher, admin, api, infra,
