@@ -1,6 +1,7 @@
 """`xraysynth bench api`: the REST API under concurrent load, against a bare FastAPI app on the same box.
 
-Starts the real service the way `xraysynth serve` runs it (uvicorn, one process) on a scratch PostgreSQL
+Starts the real service the way `xraysynth serve` runs it (uvicorn; one process, or `--api-workers N` as
+the API image runs it with 2) on a scratch PostgreSQL
 database (created and dropped here), a private Redis and SeaweedFS; seeds a published model version, a
 researcher and a few datasets; then drives it with wrk over loopback, each phase bounded in time:
 
@@ -9,7 +10,8 @@ researcher and a few datasets; then drives it with wrk over loopback, each phase
 - list:   N clients reading the researcher's list (GET /v1/datasets);
 - create: 20 clients requesting datasets (POST /v1/datasets), each request as one of 20 researchers;
 - create1: the same from one researcher, whose requests queue for its quota's row lock;
-- bare:   N clients against a bare FastAPI app (same uvicorn flags) answering a constant JSON body.
+- bare:   N clients against a bare FastAPI app (same uvicorn flags and processes) answering a constant
+          JSON body.
 
 Each phase reports req/s, p50, p99 and errors; reads are also given as a ratio to the bare rate, which
 means the same on any machine. /v1/health is polled during the read phases: its slowest answer shows
@@ -96,9 +98,14 @@ def _spread_lua(headers: dict[str, str], paths: list[str]) -> str:
 
 
 def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux)."""
+    """User + system CPU seconds so far of a process and its live children (uvicorn's worker processes)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return own + sum(_cpu_s(int(c)) for c in children if Path(f"/proc/{c}").exists())
 
 
 def run_wrk(url: str, *, clients: int, seconds: int, script: str, workdir: Path, server_pid: int) -> dict:
@@ -155,9 +162,9 @@ class HealthWatch:
         return {"polls": len(self.times), "max_ms": max(self.times, default=0) * 1000, "not_ok": len(self.bad)}
 
 
-def _uvicorn(target: str, port: int, env: dict, log: Path, factory: bool = True) -> subprocess.Popen:
+def _uvicorn(target: str, port: int, env: dict, log: Path, *, processes: int, factory: bool = True) -> subprocess.Popen:
     args = [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", str(port),
-            "--log-level", "warning", "--no-access-log"]
+            "--log-level", "warning", "--no-access-log", "--workers", str(processes)]
     if factory:
         args.append("--factory")
     return subprocess.Popen(args, env=env, cwd=ROOT, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
@@ -228,14 +235,14 @@ def _datasets(s, account, mv, n: int) -> list[uuid.UUID]:
 
 
 def run_api_bench(*, read_clients: list[int], create_clients: int, seconds: int, create_seconds: int,
-                  n_datasets: int, pg_admin_url: str) -> dict:
+                  n_datasets: int, pg_admin_url: str, api_workers: int = 1) -> dict:
 
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk not found: apt-get install wrk")
     # Stopped from outside (timeout, Ctrl-C in a supervisor): unwind, so the servers started below and
     # the scratch database go too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    results: dict = {"phases": []}
+    results: dict = {"phases": [], "api_workers": api_workers}
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="xraysynth-bench-api-")))
         redis = start_redis(tmp / "redis")
@@ -274,9 +281,9 @@ def run_api_bench(*, read_clients: list[int], create_clients: int, seconds: int,
 
         child_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         api_port, bare_port = free_port(), free_port()
-        api = _uvicorn("service.app:create_app", api_port, child_env, tmp / "api.log")
+        api = _uvicorn("service.app:create_app", api_port, child_env, tmp / "api.log", processes=api_workers)
         stack.callback(_stop, api)
-        bare = _uvicorn("service.bench:bare_app", bare_port, child_env, tmp / "bare.log")
+        bare = _uvicorn("service.bench:bare_app", bare_port, child_env, tmp / "bare.log", processes=api_workers)
         stack.callback(_stop, bare)
         api_base, bare_base = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{bare_port}"
         _wait(f"{api_base}/v1/health", api, tmp / "api.log")
@@ -345,13 +352,16 @@ def api_command(
     seconds: Annotated[int, typer.Option(min=1, help="Length of each read phase (and of the bare one).")] = 30,
     create_seconds: Annotated[int, typer.Option(min=1, help="Length of the creation phase.")] = 30,
     datasets: Annotated[int, typer.Option(min=1, max=100, help="Datasets the researcher's list holds.")] = 10,
+    api_workers: Annotated[int, typer.Option(min=1, max=32, help="Uvicorn processes of the API (and of the bare app); "
+                                             "the API image runs 2.")] = 1,
     postgres: Annotated[str, typer.Option(help="Admin URL of the PostgreSQL that gets the scratch database.")] = (
         os.environ.get("XRAYSYNTH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")),
     out: Annotated[Path | None, typer.Option(help="Also write the figures here as JSON.")] = None,
 ) -> None:
     """Status reads, lists and creation under concurrent clients, and their ratio to a bare FastAPI app."""
     r = run_api_bench(read_clients=[int(c) for c in clients.split(",")], create_clients=create_clients,
-                      seconds=seconds, create_seconds=create_seconds, n_datasets=datasets, pg_admin_url=postgres)
+                      seconds=seconds, create_seconds=create_seconds, n_datasets=datasets, pg_admin_url=postgres,
+                      api_workers=api_workers)
     errors = sum(p["errors"] for p in r["phases"] if p["name"] != "bare")
     stalls = [p for p in r["phases"] if p.get("health", {}).get("not_ok")]
     print(f"API errors: {errors}; phases where /v1/health was not ok: {len(stalls)}")

@@ -98,7 +98,7 @@ def create_request(request: Request, session: SessionDep, caller: ResearcherPage
     if errors or data is None:
         return request_page(request, session, caller, errors=errors, form=dict(form), status_code=422)
     try:
-        ds, auto_approved = datasets_service.create_dataset(session, account=caller.account, actor=caller.actor, data=data)
+        ds, _, auto_approved = datasets_service.create_dataset(session, account=caller.account, actor=caller.actor, data=data)
     except ApiError as exc:
         if not exc.field:
             raise

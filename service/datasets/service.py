@@ -7,6 +7,7 @@ import logging
 import secrets
 import uuid
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, load_only
@@ -174,9 +175,15 @@ def choose_model(session: Session, *, data: DatasetCreate, min_patients: int) ->
     )
 
 
-def create_dataset(session: Session, *, account: Account, actor: Actor, data: DatasetCreate) -> tuple[Dataset, bool]:
-    """Validate a request and store it as pending_review. Returns (dataset, auto_approved). Every refusal is
-    raised before the first write, so a 4xx leaves the database untouched."""
+class Requested(NamedTuple):
+    dataset: Dataset
+    model: ModelVersion  # the chosen model, loaded: answering with it costs no second query
+    auto_approved: bool
+
+
+def create_dataset(session: Session, *, account: Account, actor: Actor, data: DatasetCreate) -> Requested:
+    """Validate a request and store it as pending_review (or approved, under the auto-approval policy).
+    Every refusal is raised before the first write, so a 4xx leaves the database untouched."""
     settings = get_settings()
     mv = choose_model(session, data=data, min_patients=settings.min_training_patients)
     # Lock the account: two concurrent requests cannot both spend the same remaining quota. Taken
@@ -220,8 +227,8 @@ def create_dataset(session: Session, *, account: Account, actor: Actor, data: Da
     if 0 < auto_max and total <= auto_max:
         transitions.transition(session, ds, S.approved, actor=SYSTEM,
                                details={"policy": "auto_approve", "auto_approve_max_images": auto_max})
-        return ds, True
-    return ds, False
+        return Requested(ds, mv, True)
+    return Requested(ds, mv, False)
 
 
 # ---------------------------------------------------------------- actions

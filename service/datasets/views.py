@@ -22,10 +22,10 @@ LIST_LIMIT = 100  # datasets a list answers when the client names no limit
 
 @router.post("", status_code=202, response_model=DatasetPublic, summary="Request a synthetic dataset (goes to review)")
 def create_dataset(data: DatasetCreate, session: SessionDep, caller: ResearcherDep):
-    ds, auto_approved = service.create_dataset(session, account=caller.account, actor=caller.actor, data=data)
+    ds, model, auto_approved = service.create_dataset(session, account=caller.account, actor=caller.actor, data=data)
     if auto_approved:
         service.commit_and_enqueue(session, dataset_id=ds.id)
-    return service.to_public(session, ds)
+    return service.to_public(session, ds, owner=caller.account, model=model)
 
 
 @router.get("", response_model=DatasetList, summary="Your datasets (admins: everyone's)")
