@@ -2,7 +2,7 @@
 
 A shard or finalise step that meets one is interrupted, not failed: it ends without touching the
 dataset, its lease lapses, and once Redis and PostgreSQL answer again the sweeper finds the job
-neither queued nor leased and runs it again (shards are idempotent). Failing the dataset instead
+neither queued, reserved nor leased and runs it again (shards are idempotent). Failing the dataset instead
 would turn a Redis restart into an admin's retry.
 """
 
