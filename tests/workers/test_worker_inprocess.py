@@ -1,4 +1,5 @@
-"""The pipeline's steps called in-process (no Celery): the release gate in finalise, and the sweeper."""
+"""The pipeline's steps called in-process (no Celery): the release gate in finalise, the sweeper, and the
+reservation a worker holds on a message it has taken but not started."""
 
 from __future__ import annotations
 
@@ -177,3 +178,39 @@ def test_a_shard_in_hand_shows_how_far_it_is_in_the_progress_note(model_version,
     with session_scope() as s:
         ds = s.get(Dataset, ds_id)
         assert (ds.done_images, ds.progress_note) == (12, None)
+
+
+def test_a_reservation_lives_while_its_worker_does_and_ends_when_the_task_starts(model_version, researcher, worker_env):
+    import time
+
+    from service.datasets.models import Dataset, Shard, ShardStatus
+    from service.db import session_scope
+    from service.timeutil import utcnow
+    from workers import leases
+    from workers.sweeper import sweep
+
+    ds = make_dataset(account_id=researcher.id, model_version_id=model_version.id, spec={"Mass": 4}, seed=5,
+                      status="generating")
+    with session_scope() as s:
+        s.add(Shard(dataset_id=ds, index=0, start=0, stop=4, seed_base=1,
+                    object_key=f"datasets/{ds}/shards/shard-00000.tar", status=ShardStatus.pending))
+        s.execute(update(Dataset).where(Dataset.id == ds).values(heartbeat_at=utcnow()))
+    job = leases.shard_job(ds, 0)
+
+    def requeued_after_two_sweeps() -> bool:
+        reports = [sweep(force=True), sweep(force=True)]
+        return any((str(ds), 0) in r.requeued_shards for r in reports)
+
+    leases.mark_queued(job)
+    leases.Reservations(ttl_s=0.6).take(job)  # the message is in a worker's hands, not yet started
+    time.sleep(1.5)  # well past the TTL: the worker's thread keeps it
+    assert leases.reserved([job]) == [True]
+    assert not requeued_after_two_sweeps()
+
+    lease = leases.Lease(job, ttl_s=30)
+    assert lease.acquire()
+    assert leases.reserved([job]) == [False]  # handed over to the lease in one transaction
+    lease.release()
+    time.sleep(0.5)  # a refresh tick: it must not bring the reservation back
+    assert leases.in_flight([job]) == [False]
+    assert requeued_after_two_sweeps()  # the task ended without recording the shard: lost, sent again
