@@ -92,6 +92,11 @@ def mark_queued(*jobs: str) -> None:
     pipe.execute()
 
 
+def clear_queued(*jobs: str) -> None:
+    if jobs:
+        client().delete(*[PREFIX + "queued:" + j for j in jobs])
+
+
 def _flags(kind: str, jobs: list[str]) -> list[bool]:
     if not jobs:
         return []
@@ -243,6 +248,40 @@ def confirm_lost(jobs: list[str], interval_s: float) -> list[str]:
     if confirmed:
         client().delete(*[PREFIX + "suspect:" + j for j in confirmed])
     return confirmed
+
+
+def _dead_here(owner: str, host: str) -> bool:
+    """True only for a holder that was a process of this machine and is gone (``owner_id`` format)."""
+    owner_host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if owner_host != host or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, someone else's
+    return False  # alive (or a reused pid: then the TTL decides, as for any other machine)
+
+
+def release_dead_holders(interval_s: float) -> list[str]:
+    """Leases and reservations held by processes of this machine that have died (a worker killed and
+    started again on the same box): released now instead of at their TTL, and marked suspect so the sweep
+    that finds them re-sends their jobs without waiting for a second look."""
+    host, dead = socket.gethostname(), []
+    for kind in ("lease", "reserved"):
+        prefix = PREFIX + kind + ":"
+        for key in client().scan_iter(match=prefix + "*", count=500):
+            owner = client().get(key)
+            if owner is not None and _dead_here(owner.decode(), host) and client().eval(_RELEASE, 1, key, owner):
+                dead.append(key.decode()[len(prefix):])
+    if dead:
+        pipe = client().pipeline(transaction=False)
+        for job in dead:
+            pipe.set(PREFIX + "suspect:" + job, "1", px=int(2500 * interval_s))
+        pipe.execute()
+    return dead
 
 
 def try_singleton(name: str, ttl_s: float) -> bool:

@@ -22,16 +22,26 @@ log = logging.getLogger("xraysynth.worker")
 MAX_REASON = 1900  # Dataset.error is String(2000)
 
 
+def _send(messages: list[tuple[str, list, str]]) -> None:
+    """(task, args, job) each: marked queued first, so a worker that takes a message at once clears a
+    marker that exists (a marker set after it would outlive the task and hide the job from the sweeper
+    for hours); a message that could not be sent takes its marker back."""
+    leases.mark_queued(*[job for _, _, job in messages])
+    for n, (task, args, _) in enumerate(messages):
+        try:
+            queue.client().send_task(task, args=args, queue=queue.QUEUE)
+        except Exception:
+            leases.clear_queued(*[job for _, _, job in messages[n:]])
+            raise
+
+
 def enqueue(task: str, *args, job: str) -> None:
     """Send a task by name and remember it is queued (the sweeper re-sends lost ones)."""
-    queue.client().send_task(task, args=[str(a) for a in args], queue=queue.QUEUE)
-    leases.mark_queued(job)
+    _send([(task, [str(a) for a in args], job)])
 
 
 def enqueue_shards(dataset_id: uuid.UUID, shard_indices: list[int]) -> None:
-    for i in shard_indices:
-        queue.client().send_task(queue.GENERATE_SHARD, args=[str(dataset_id), i], queue=queue.QUEUE)
-    leases.mark_queued(*[leases.shard_job(dataset_id, i) for i in shard_indices])
+    _send([(queue.GENERATE_SHARD, [str(dataset_id), i], leases.shard_job(dataset_id, i)) for i in shard_indices])
 
 
 def lock_dataset(session, dataset_id: uuid.UUID) -> Dataset | None:

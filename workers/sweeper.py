@@ -6,7 +6,9 @@
   every shard done but no finalise queued or running → finalise;
 * generating datasets with no sign of life for ``settings.stale_generation_after_s`` and nothing
   queued or running → fail with a reason (an admin retry resumes them);
-* cancelled datasets that still have outputs → delete them.
+* cancelled datasets that still have outputs → delete them;
+* leases and reservations whose holder was a process of this machine that has died → released at
+  once, their jobs re-sent in the same sweep instead of after their TTL and a second look.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from workers.config import worker_settings
 
 log = logging.getLogger("xraysynth.worker.sweeper")
 
+FIRST_SWEEP_AFTER_S = 2.0
+
 
 @dataclass
 class SweepReport:
@@ -36,6 +40,7 @@ class SweepReport:
     finalised: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     cleaned: list[str] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)  # jobs whose holder died on this machine
 
 
 def sweep(*, force: bool = False) -> SweepReport | None:
@@ -43,7 +48,7 @@ def sweep(*, force: bool = False) -> SweepReport | None:
     ws = worker_settings()
     if not force and not leases.try_singleton("sweep", ws.sweep_interval_s * 0.9):
         return None
-    report = SweepReport()
+    report = SweepReport(released=leases.release_dead_holders(ws.sweep_interval_s))
     now = utcnow()
     settings = get_settings()
     grace = timedelta(seconds=max(ws.lease_ttl_s, ws.sweep_interval_s))
@@ -104,13 +109,15 @@ def sweep(*, force: bool = False) -> SweepReport | None:
         if cleanup.discard_outputs(ds_id):
             report.cleaned.append(str(ds_id))
 
-    if any((report.planned, report.requeued_shards, report.finalised, report.failed, report.cleaned)):
+    if any((report.planned, report.requeued_shards, report.finalised, report.failed, report.cleaned,
+            report.released)):
         log.info("sweep: %s", report)
     return report
 
 
 class SweeperThread(threading.Thread):
-    """The worker's own timer (no Celery beat to deploy): sweeps every ``sweep_interval_s``."""
+    """The worker's own timer (no Celery beat to deploy): sweeps soon after the worker starts (a worker
+    restarted after a crash takes its predecessor's work back at once), then every ``sweep_interval_s``."""
 
     def __init__(self, interval_s: float | None = None):
         super().__init__(name="xraysynth-sweeper", daemon=True)
@@ -118,7 +125,9 @@ class SweeperThread(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        while not self.stopped.wait(self.interval):
+        wait = min(self.interval, FIRST_SWEEP_AFTER_S)
+        while not self.stopped.wait(wait):
+            wait = self.interval
             try:
                 sweep()
             except Exception:  # noqa: BLE001 — a broken sweep must not kill the thread; next tick tries again

@@ -138,9 +138,11 @@ def _worker_pid(run: Run) -> int:
 
 def test_a_killed_worker_is_restarted_and_its_dataset_completes_byte_identical(clean, fresh, toy_model, tmp_path):
     # The test session's PostgreSQL and Redis, a generated pepper (none given), the toy model's
-    # training set for the privacy filter, small shards.
+    # training set for the privacy filter, small shards; the default lease TTL and sweep interval: the
+    # restarted worker must take the killed one's shard back without waiting for its lease to lapse.
     given = {k: v for k, v in clean.env.items() if k != "XRAYSYNTH_API_KEY_PEPPER"}
-    env = clean_env(**given, **WORKER_ENV, **SLOW, XRAYSYNTH_TRAINSET_DIR=str(toy_model.trainset_dir),
+    env = clean_env(**given, **{**WORKER_ENV, "XRAYSYNTH_LEASE_TTL_S": "60", "XRAYSYNTH_SWEEP_INTERVAL_S": "30"},
+                    **SLOW, XRAYSYNTH_TRAINSET_DIR=str(toy_model.trainset_dir),
                     XRAYSYNTH_MIN_TRAINING_PATIENTS="1", XRAYSYNTH_WORKER_HEARTBEAT_S="1")
     bundle = tmp_path / "toy-bundle.pt"
     bundle.write_bytes(toy_model.bundle_bytes)
@@ -177,7 +179,8 @@ def test_a_killed_worker_is_restarted_and_its_dataset_completes_byte_identical(c
         assert _worker_pid(run) != pid
         out = " ".join(run.output().split())
         assert f"worker (pid {pid}) killed by SIGKILL" in out and "worker restarted" in out, out[-3000:]
-        _wait(_ready(run, researcher, victim), 90, "the victim dataset", run)
+        _wait(_ready(run, researcher, victim), 40, "the victim dataset (well within the killed worker's 60 s lease)",
+              run)
 
         assert shard_hashes(victim) == shard_hashes(twin) and len(shard_hashes(twin)) == 3
         rows = provenance(victim)

@@ -214,3 +214,39 @@ def test_a_reservation_lives_while_its_worker_does_and_ends_when_the_task_starts
     time.sleep(0.5)  # a refresh tick: it must not bring the reservation back
     assert leases.in_flight([job]) == [False]
     assert requeued_after_two_sweeps()  # the task ended without recording the shard: lost, sent again
+
+
+def test_work_held_by_a_dead_process_of_this_machine_is_sent_again_in_one_sweep(model_version, researcher,
+                                                                                 worker_env):
+    import os
+    import subprocess
+    import sys
+
+    from service.datasets.models import Dataset, Shard, ShardStatus
+    from service.db import session_scope
+    from service.timeutil import utcnow
+    from workers import leases
+    from workers.sweeper import sweep
+
+    ds = make_dataset(account_id=researcher.id, model_version_id=model_version.id, spec={"Mass": 12}, seed=6,
+                      status="generating")
+    with session_scope() as s:
+        for k in range(3):
+            s.add(Shard(dataset_id=ds, index=k, start=4 * k, stop=4 * k + 4, seed_base=1,
+                        object_key=f"datasets/{ds}/shards/shard-{k:05d}.tar", status=ShardStatus.pending))
+        s.execute(update(Dataset).where(Dataset.id == ds).values(heartbeat_at=utcnow()))
+    dead, alive, elsewhere = (leases.shard_job(ds, k) for k in range(3))
+    # Shard 0: a worker process on this machine took its lease (a minute long) and was killed.
+    code = (f"from workers import leases; lease = leases.Lease({dead!r}, ttl_s=60); assert lease.acquire(); "
+            "import os; os.kill(os.getpid(), 9)")
+    proc = subprocess.run([sys.executable, "-c", code], env=os.environ.copy(), capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr
+    # Shard 1: held by a live process (this one). Shard 2: held on another machine (its TTL decides).
+    assert leases.Lease(alive, ttl_s=60).acquire()
+    leases.client().set(leases.PREFIX + "lease:" + elsewhere, "another-host:1:abcd1234", px=60_000)
+
+    report = sweep(force=True)
+    assert dead in report.released and alive not in report.released and elsewhere not in report.released
+    # Sent again at once, not after the lease's minute; the others are left alone.
+    assert [s for s in report.requeued_shards if s[0] == str(ds)] == [(str(ds), 0)]
+    assert leases.leased([alive, elsewhere]) == [True, True]
