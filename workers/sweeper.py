@@ -125,13 +125,15 @@ class SweeperThread(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        wait = min(self.interval, FIRST_SWEEP_AFTER_S)
+        # The first sweep is forced: the worker this one replaces may have swept a moment before it
+        # died, and its turn would otherwise hold this sweep back for an interval.
+        wait, first = min(self.interval, FIRST_SWEEP_AFTER_S), True
         while not self.stopped.wait(wait):
-            wait = self.interval
             try:
-                sweep()
+                sweep(force=first)
             except Exception:  # noqa: BLE001 — a broken sweep must not kill the thread; next tick tries again
                 log.exception("sweep failed")
+            wait, first = self.interval, False
 
     def stop(self) -> None:
         self.stopped.set()

@@ -179,7 +179,7 @@ def test_a_killed_worker_is_restarted_and_its_dataset_completes_byte_identical(c
         assert _worker_pid(run) != pid
         out = " ".join(run.output().split())
         assert f"worker (pid {pid}) killed by SIGKILL" in out and "worker restarted" in out, out[-3000:]
-        _wait(_ready(run, researcher, victim), 40, "the victim dataset (well within the killed worker's 60 s lease)",
+        _wait(_ready(run, researcher, victim), 25, "the victim dataset (well within the killed worker's 60 s lease)",
               run)
 
         assert shard_hashes(victim) == shard_hashes(twin) and len(shard_hashes(twin)) == 3
