@@ -41,6 +41,11 @@ _REFRESH = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pex
 
 
 @lru_cache
+def key(kind: str, job: str) -> str:
+    """``xraysynth:<kind>:<job>``; kind is queued, reserved, lease, starts, suspect or once."""
+    return f"{PREFIX}{kind}:{job}"
+
+
 def _client(pid: int) -> redis.Redis:  # one client per process: connections must not cross a fork
 
     return redis.Redis.from_url(get_settings().broker_url, socket_timeout=5, socket_connect_timeout=5)
@@ -88,19 +93,19 @@ def mark_queued(*jobs: str) -> None:
     pipe = client().pipeline(transaction=False)
     for job in jobs:
         # Outlives any message the broker still holds: redelivery of an unacked message takes this long.
-        pipe.set(PREFIX + "queued:" + job, "1", ex=VISIBILITY_TIMEOUT_S)
+        pipe.set(key("queued", job), "1", ex=VISIBILITY_TIMEOUT_S)
     pipe.execute()
 
 
 def clear_queued(*jobs: str) -> None:
     if jobs:
-        client().delete(*[PREFIX + "queued:" + j for j in jobs])
+        client().delete(*[key("queued", j) for j in jobs])
 
 
 def _flags(kind: str, jobs: list[str]) -> list[bool]:
     if not jobs:
         return []
-    return [v is not None for v in client().mget([PREFIX + kind + ":" + j for j in jobs])]
+    return [v is not None for v in client().mget([key(kind, j) for j in jobs])]
 
 
 def leased(jobs: list[str]) -> list[bool]:
@@ -117,7 +122,7 @@ def in_flight(jobs: list[str]) -> list[bool]:
     if not jobs:
         return []
     kinds = ("queued", "reserved", "lease")
-    values = client().mget([PREFIX + kind + ":" + j for j in jobs for kind in kinds])
+    values = client().mget([key(kind, j) for j in jobs for kind in kinds])
     return [any(v is not None for v in values[i * 3:i * 3 + 3]) for i in range(len(jobs))]
 
 
@@ -136,13 +141,13 @@ class Reservations:
         self._thread: threading.Thread | None = None
 
     def take(self, job: str) -> None:
-        key = PREFIX + "reserved:" + job
+        reservation = key("reserved", job)
         pipe = client().pipeline(transaction=True)
-        pipe.set(key, self.owner, px=self.ttl_ms)
-        pipe.delete(PREFIX + "queued:" + job)
+        pipe.set(reservation, self.owner, px=self.ttl_ms)
+        pipe.delete(key("queued", job))
         pipe.execute()
         with self._lock:
-            self._jobs.add(key)
+            self._jobs.add(reservation)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._refresh, name="reservations", daemon=True)
                 self._thread.start()
@@ -156,9 +161,9 @@ class Reservations:
                 continue
             try:
                 pipe = client().pipeline(transaction=False)
-                for key in keys:
-                    pipe.pexpire(key, self.ttl_ms)  # never recreates a key a started task deleted
-                gone = [key for key, alive in zip(keys, pipe.execute()) if not alive]
+                for k in keys:
+                    pipe.pexpire(k, self.ttl_ms)  # never recreates a key a started task deleted
+                gone = [k for k, alive in zip(keys, pipe.execute()) if not alive]
             except redis.RedisError:
                 continue  # the broker blinked; try again next tick
             with self._lock:
@@ -169,22 +174,22 @@ class Reservations:
 
 
 def count_start(job: str) -> int:
-    key = PREFIX + "starts:" + job
+    counter = key("starts", job)
     pipe = client().pipeline()
-    pipe.incr(key)
-    pipe.expire(key, STARTS_TTL_S)
+    pipe.incr(counter)
+    pipe.expire(counter, STARTS_TTL_S)
     return int(pipe.execute()[0])
 
 
 def starts(jobs: list[str]) -> list[int]:
     if not jobs:
         return []
-    return [int(v or 0) for v in client().mget([PREFIX + "starts:" + j for j in jobs])]
+    return [int(v or 0) for v in client().mget([key("starts", j) for j in jobs])]
 
 
 def reset_starts(*jobs: str) -> None:
     if jobs:
-        client().delete(*[PREFIX + "starts:" + j for j in jobs])
+        client().delete(*[key("starts", j) for j in jobs])
 
 
 class Lease:
@@ -192,7 +197,7 @@ class Lease:
 
     def __init__(self, job: str, ttl_s: float | None = None):
         self.job = job
-        self.key = PREFIX + "lease:" + job
+        self.key = key("lease", job)
         self.ttl_ms = int(1000 * (ttl_s or worker_settings().lease_ttl_s))
         self.owner = owner_id()
         self.held = False
@@ -204,7 +209,7 @@ class Lease:
         whether or not this worker gets the lease, the message in hand is no longer waiting."""
         pipe = client().pipeline(transaction=True)
         pipe.set(self.key, self.owner, nx=True, px=self.ttl_ms)
-        pipe.delete(PREFIX + "queued:" + self.job, PREFIX + "reserved:" + self.job)
+        pipe.delete(key("queued", self.job), key("reserved", self.job))
         self.held = bool(pipe.execute()[0])
         if self.held:
             self._thread = threading.Thread(target=self._refresh, name=f"lease-{self.job}", daemon=True)
@@ -236,17 +241,22 @@ class Lease:
         self.release()
 
 
+def _suspect(jobs: list[str], interval_s: float, *, only_new: bool) -> list[bool]:
+    """Mark jobs suspected lost, for a little over two sweeps; True for each that was not already."""
+    pipe = client().pipeline(transaction=False)
+    for job in jobs:
+        pipe.set(key("suspect", job), "1", nx=only_new, px=int(2500 * interval_s))
+    return [bool(v) for v in pipe.execute()]
+
+
 def confirm_lost(jobs: list[str], interval_s: float) -> list[str]:
     """The jobs that were already suspected lost at the previous sweep; the others become suspects."""
     if not jobs:
         return []
-    pipe = client().pipeline(transaction=False)
-    for job in jobs:
-        pipe.set(PREFIX + "suspect:" + job, "1", nx=True, px=int(2500 * interval_s))
-    fresh = pipe.execute()
+    fresh = _suspect(jobs, interval_s, only_new=True)
     confirmed = [job for job, new in zip(jobs, fresh) if not new]
     if confirmed:
-        client().delete(*[PREFIX + "suspect:" + j for j in confirmed])
+        client().delete(*[key("suspect", j) for j in confirmed])
     return confirmed
 
 
@@ -271,19 +281,16 @@ def release_dead_holders(interval_s: float) -> list[str]:
     that finds them re-sends their jobs without waiting for a second look."""
     host, dead = socket.gethostname(), []
     for kind in ("lease", "reserved"):
-        prefix = PREFIX + kind + ":"
-        for key in client().scan_iter(match=prefix + "*", count=500):
-            owner = client().get(key)
-            if owner is not None and _dead_here(owner.decode(), host) and client().eval(_RELEASE, 1, key, owner):
-                dead.append(key.decode()[len(prefix):])
+        prefix = key(kind, "")
+        keys = list(client().scan_iter(match=prefix + "*", count=500))
+        for k, owner in zip(keys, client().mget(keys) if keys else []):
+            if owner is not None and _dead_here(owner.decode(), host) and client().eval(_RELEASE, 1, k, owner):
+                dead.append(k.decode()[len(prefix):])
     if dead:
-        pipe = client().pipeline(transaction=False)
-        for job in dead:
-            pipe.set(PREFIX + "suspect:" + job, "1", px=int(2500 * interval_s))
-        pipe.execute()
+        _suspect(dead, interval_s, only_new=False)
     return dead
 
 
 def try_singleton(name: str, ttl_s: float) -> bool:
     """At most one holder per ttl across all workers (the sweeper runs once per interval, cluster-wide)."""
-    return bool(client().set(PREFIX + "once:" + name, owner_id(), nx=True, px=int(ttl_s * 1000)))
+    return bool(client().set(key("once", name), owner_id(), nx=True, px=int(ttl_s * 1000)))

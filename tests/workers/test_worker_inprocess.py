@@ -243,7 +243,7 @@ def test_work_held_by_a_dead_process_of_this_machine_is_sent_again_in_one_sweep(
     assert proc.returncode == -9, proc.stderr
     # Shard 1: held by a live process (this one). Shard 2: held on another machine (its TTL decides).
     assert leases.Lease(alive, ttl_s=60).acquire()
-    leases.client().set(leases.PREFIX + "lease:" + elsewhere, "another-host:1:abcd1234", px=60_000)
+    leases.client().set(leases.key("lease", elsewhere), "another-host:1:abcd1234", px=60_000)
 
     report = sweep(force=True)
     assert dead in report.released and alive not in report.released and elsewhere not in report.released
