@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from service.observability.logs import configure_logging
+from service.observability.logs import configure_logging, lean_records
 from service.observability.metrics import ObservabilityMiddleware, router
 
 
@@ -12,5 +12,6 @@ def install_observability(app: FastAPI) -> None:
     """Logs through one formatter, /metrics, and the request-id/metrics middleware (added last, so
     it is outermost and sees every answer, 413s and 500s included)."""
     configure_logging()
+    lean_records()
     app.include_router(router)
     app.add_middleware(ObservabilityMiddleware)

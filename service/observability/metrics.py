@@ -8,6 +8,7 @@ that presents ``XRAYSYNTH_METRICS_TOKEN`` (and 404 when none is configured).
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
@@ -62,6 +63,13 @@ def _route_of(scope: Scope) -> str:
     return getattr(route, "path", None) or UNMATCHED
 
 
+@functools.lru_cache(maxsize=4096)
+def _series(route: str, method: str, status: int) -> tuple:
+    """The request counter's and latency histogram's samples for one label set, looked up once: the
+    label sets are few (route templates, not paths) and `labels()` takes a lock and a search each time."""
+    return REQUESTS.labels(route, method, str(status)), LATENCY.labels(route, method)
+
+
 class ObservabilityMiddleware:
     """Per request: an X-Request-ID (the client's, if it is a plain token), bound to every log line
     and returned on the response; one access line; the request counter and latency histogram."""
@@ -107,8 +115,9 @@ class ObservabilityMiddleware:
         took = time.perf_counter() - started
         route, method = _route_of(scope), scope["method"]
         if route != "/metrics":
-            REQUESTS.labels(route, method, str(status)).inc()
-            LATENCY.labels(route, method).observe(took)
+            count, latency = _series(route, method, status)
+            count.inc()
+            latency.observe(took)
         log.info("%s %s %s %.1fms", method, route, status, took * 1000,
                  extra={"method": method, "route": route, "status": status, "duration_ms": round(took * 1000, 2)})
 

@@ -103,6 +103,17 @@ def test_log_lines_are_json_with_time_level_logger_request_and_account(api, rese
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", line["time"])
 
 
+def test_log_time_is_the_records_utc_time_to_the_millisecond_across_seconds():
+    from datetime import UTC, datetime
+
+    from service.observability.logs import _utc_time
+
+    # The second's text is reused while the second lasts: each stamp must still be its own.
+    for created in (1_796_000_000.0, 1_796_000_000.999, 1_796_000_001.0005, 1_796_000_001.5, 1_700_000_000.25):
+        expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+        assert _utc_time(created) == expected
+
+
 def test_no_key_pepper_s3_secret_purpose_or_pixel_reaches_a_log_line_or_a_metric(
         api, admin, researcher, model, infra, log_lines, scrape, dataset_at):
     import numpy as np
