@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     db_pool_timeout_s: float = Field(default=10.0, gt=0)
     # The API's asyncio connections for the polled reads (status, lists) on PostgreSQL.
     db_read_pool_size: int = Field(default=8, ge=1)
+    # Threads per API process that run REST and console routes with their commit (service.deps);
+    # requests beyond wait their turn in arrival order.
+    route_threads: int = Field(default=4, ge=1)
 
     # Review and release policy
     reviews_required: int = Field(default=1, ge=1)

@@ -81,3 +81,43 @@ def test_concurrent_requests_cannot_overspend_the_quota(make_user, model):
     first.close()
     thread.join(10)
     assert isinstance(result.get("error"), Unprocessable) and result["error"].code == "quota_exceeded"
+
+
+def test_units_of_work_beyond_route_threads_wait_their_turn_in_arrival_order(infra, settings_env):
+    import anyio
+
+    from service.deps import one_hop
+
+    settings_env(route_threads=2)
+    lock = threading.Lock()
+    running, peak, started = 0, 0, []
+
+    def route(n: int) -> int:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+            started.append(n)
+        time.sleep(0.1)
+        with lock:
+            running -= 1
+        return n
+
+    hop = one_hop(route)
+
+    async def eight_clients() -> list[int]:
+        answers: list[int] = []
+
+        async def client(n: int) -> None:
+            answers.append(await hop(n=n))
+
+        async with anyio.create_task_group() as tg:
+            for n in range(8):
+                tg.start_soon(client, n)
+                await anyio.sleep(0.02)  # they arrive one after another
+        return answers
+
+    answers = anyio.run(eight_clients)
+    assert sorted(answers) == list(range(8))  # every request answered
+    assert peak == 2  # never more threads than the setting
+    assert started == list(range(8))  # a waiting request is not overtaken
