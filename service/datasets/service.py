@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session, load_only
 
 from service import layout, queue, storage
@@ -21,6 +21,7 @@ from service.datasets.schemas import DatasetCreate
 from service.errors import ApiError, Forbidden, NotFound, Unprocessable
 from service.modelversions import service as models_service
 from service.modelversions.models import ModelStatus, ModelVersion
+from service.modelversions.service import ModelPolicy
 from service.settings import get_settings
 
 log = logging.getLogger("xraysynth.datasets")
@@ -36,10 +37,6 @@ NOT_COUNTED = (S.rejected, S.cancelled)
 # A dataset names its model by id, name and version: its card, metrics and calibration (large JSON) stay
 # unread.
 _MODEL_REF = [load_only(ModelVersion.id, ModelVersion.name, ModelVersion.version, ModelVersion.conditions)]
-# What choosing a model for a request reads (the release policy), not its card or metrics.
-_MODEL_POLICY = [load_only(ModelVersion.id, ModelVersion.name, ModelVersion.version, ModelVersion.conditions,
-                           ModelVersion.patients_per_condition, ModelVersion.status, ModelVersion.published_at,
-                           ModelVersion.created_at)]
 
 
 def to_public(session: Session, ds: Dataset, *, owner: Account | None = None, model: ModelVersion | None = None) -> dict:
@@ -118,11 +115,14 @@ def get_owned(session: Session, *, dataset_id: uuid.UUID, account: Account, for_
     return ds
 
 
+# Built once: a request runs them while it holds its account's lock (create_dataset).
+_COMMITTED = select(func.coalesce(func.sum(Dataset.total_images), 0)).where(
+    Dataset.account_id == bindparam("account_id"), Dataset.status.not_in(NOT_COUNTED))
+_LOCK_ACCOUNT = select(Account.id).where(Account.id == bindparam("account_id")).with_for_update()
+
+
 def images_committed(session: Session, *, account_id: uuid.UUID) -> int:
-    q = select(func.coalesce(func.sum(Dataset.total_images), 0)).where(
-        Dataset.account_id == account_id, Dataset.status.not_in(NOT_COUNTED)
-    )
-    return int(session.scalar(q))
+    return int(session.scalar(_COMMITTED, {"account_id": account_id}))
 
 
 def remaining_quota(session: Session, *, account: Account) -> int:
@@ -136,10 +136,10 @@ def _refuse(message: str, *, field: str, code: str) -> Unprocessable:
     return Unprocessable(message, field=field, code=code)
 
 
-def choose_model(session: Session, *, data: DatasetCreate, min_patients: int) -> ModelVersion:
+def choose_model(session: Session, *, data: DatasetCreate, min_patients: int) -> ModelVersion | ModelPolicy:
     """The requested model (checked against the release policy), or the newest published one that offers
     every requested condition."""
-    published = models_service.list_models(session, statuses=[ModelStatus.published], options=_MODEL_POLICY)
+    published = models_service.published_policies(session)
     known = {c for m in published for c in (m.conditions or [])}
 
     if data.model is not None:
@@ -177,7 +177,7 @@ def choose_model(session: Session, *, data: DatasetCreate, min_patients: int) ->
 
 class Requested(NamedTuple):
     dataset: Dataset
-    model: ModelVersion  # the chosen model, loaded: answering with it costs no second query
+    model: ModelVersion | ModelPolicy  # the chosen model, loaded: answering with it costs no second query
     auto_approved: bool
 
 
@@ -188,7 +188,7 @@ def create_dataset(session: Session, *, account: Account, actor: Actor, data: Da
     mv = choose_model(session, data=data, min_patients=settings.min_training_patients)
     # Lock the account: two concurrent requests cannot both spend the same remaining quota. Taken
     # after the model is chosen (reads only), so a researcher's requests queue only for the quota.
-    session.execute(select(Account.id).where(Account.id == account.id).with_for_update())
+    session.execute(_LOCK_ACCOUNT, {"account_id": account.id})
 
     total = sum(data.conditions.values())
     if total > settings.max_images_per_request:
@@ -206,6 +206,7 @@ def create_dataset(session: Session, *, account: Account, actor: Actor, data: Da
     # Stored in image order, the order the worker generates them in.
     spec = dict(layout.image_blocks(data.conditions, mv.conditions))
     ds = Dataset(
+        id=uuid.uuid4(),  # known before the insert: the dataset and its audit event go in one flush
         account_id=account.id,
         model_version_id=mv.id,
         spec=spec,
@@ -218,10 +219,10 @@ def create_dataset(session: Session, *, account: Account, actor: Actor, data: Da
         done_images=0,
     )
     session.add(ds)
-    session.flush()
     record(session, actor=actor, action="dataset.request", target_type="dataset", target_id=ds.id,
            details={"model": f"{mv.name}:{mv.version}", "conditions": spec, "total_images": total,
                     "format": ds.format.value, "heatmaps": ds.heatmaps, "seed": ds.seed})
+    session.flush()
 
     auto_max = settings.auto_approve_max_images
     if 0 < auto_max and total <= auto_max:
