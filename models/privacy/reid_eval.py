@@ -192,3 +192,72 @@ def evaluate_space(space, trainset, *, seed: int = 0, query_batch: int = 512) ->
         "leave_one_out": loo,
         "flags_heldout": (d_same < crossfit_thr) & multi,  # per image, for seed agreement; not JSON
     }
+
+
+def by_source(space, trainset, *, seed: int = 0) -> list[dict]:
+    """The same evaluation restricted to one source's held-out patients at a time, and to all of them
+    without the source that holds the most same-patient pairs: the headline pools sources whose
+    patients differ (children and adults, follow-ups hours or years apart), so it says where the
+    verifier fails. The training index is the whole training split each time."""
+    splits = np.asarray(trainset.splits).astype(str)
+    sources = np.asarray(trainset.sources).astype(str)
+    heldout = splits != "train"
+    pid = np.asarray(trainset.patient_ids).astype(str)
+    pairs_per_source = {s: sum(n * (n - 1) // 2 for n in np.unique(pid[heldout & (sources == s)], return_counts=True)[1])
+                        for s in np.unique(sources[heldout])}
+    largest = max(pairs_per_source, key=pairs_per_source.get)
+    subsets = [("all held-out patients", heldout)]
+    subsets += [(f"{s} only", heldout & (sources == s)) for s in sorted(pairs_per_source)]
+    subsets.append((f"all but {largest}", heldout & (sources != largest)))
+    rows = []
+    for name, keep in subsets:
+        ev = evaluate_space(space, trainset.subset(~heldout | keep), seed=seed)
+        p, loo = ev["pairs"], ev["leave_one_out"]
+        rows.append({"subset": name, "positive_pairs": p["n_positive_pairs"], "patients": p["n_positive_patients"],
+                     "auc_source_matched": p["source_matched"]["auc"],
+                     "tpr_at_1pct_fpr": p["source_matched"]["tpr_at_1pct_fpr"], "auc_random": p["random"]["auc"],
+                     "loo_queries": loo["n_query_images"], "loo_catch_crossfit": loo["crossfit"]["catch_rate"],
+                     "rank1": loo["rank1"]})
+    return rows
+
+
+def main(argv=None) -> None:
+    """`python -m models.privacy.reid_eval --bundle B --trainset T`: the bundle's verifier on held-out
+    patients, pooled and source by source (figures only, never pixels)."""
+    import argparse
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    # lazy: the bundle loader and the verifier's network are only needed when run as a command
+    from models.bundle import load_bundle
+    from models.privacy.reid import space_from_payload
+    from models.trainset import load_trainset
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--bundle", required=True)
+    ap.add_argument("--trainset", required=True, help="an ingested set with train, val and test rows")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=None, help="also write the rows as JSON here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    space = space_from_payload(load_bundle(args.bundle).verifier)
+    if space is None:
+        raise SystemExit(f"{args.bundle} carries no re-identification verifier")
+    rows = by_source(space, load_trainset(args.trainset))
+    table = Table(title=f"{space.name}: held-out patients (val + test), source-matched negatives")
+    for col in ("subset", "pos. pairs", "patients", "AUC", "TPR@1%FPR", "AUC random", "LOO queries", "LOO catch", "rank-1"):
+        table.add_column(col, justify="left" if col == "subset" else "right")
+    for r in rows:
+        table.add_row(r["subset"], str(r["positive_pairs"]), str(r["patients"]), f"{r['auc_source_matched']:.3f}",
+                      f"{r['tpr_at_1pct_fpr']:.1%}", f"{r['auc_random']:.3f}", str(r["loo_queries"]),
+                      f"{r['loo_catch_crossfit']:.1%}", f"{r['rank1']:.1%}")
+    Console(width=140).print(table)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(rows, f, indent=2, default=float)
+
+
+if __name__ == "__main__":
+    main()

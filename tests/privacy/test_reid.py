@@ -158,3 +158,27 @@ def test_the_dcr_control_scores_a_training_patients_new_images_above_new_patient
     assert mem["difference"] > 0.2 and mem["synthetic"] >= 0.7
     assert abs(new["difference"]) < 0.15, new
     assert mem["n_synthetic"] == 30 and mem["n_heldout_images"] == int(np.isin(ts.splits, ["val", "test"]).sum())
+
+
+def test_by_source_shows_the_source_where_the_verifier_fails_beside_the_pooled_figure():
+    from models.privacy.reid_eval import by_source
+
+    easy, _, _ = known_patients(n_patients=40, seed=3)
+    hard, _, _ = known_patients(n_patients=60, seed=4)
+    # The hard source's "patients" are images regrouped at random: no identity to find, as for a
+    # patient whose films share nothing recognisable.
+    shuffled = np.random.default_rng(0).permutation(len(hard.images))
+    ts = TrainSet(images=np.concatenate([easy.images, hard.images[shuffled]]), labels=np.concatenate([easy.labels, hard.labels]),
+                  patient_ids=np.concatenate([np.char.add("easy:", easy.patient_ids), np.char.add("hard:", hard.patient_ids)]),
+                  splits=np.concatenate([easy.splits, hard.splits]),
+                  sources=np.concatenate([np.full(len(easy.images), "easy"), np.full(len(hard.images), "hard")]),
+                  licenses=np.concatenate([easy.licenses, hard.licenses]), conditions=easy.conditions,
+                  fingerprint="reid-two-sources", image_ids=np.array([f"img{i:05d}" for i in range(len(easy.images) + len(hard.images))]),
+                  views=np.full(len(easy.images) + len(hard.images), "PA"))
+    tr = ts.splits == "train"
+    rows = {r["subset"]: r for r in by_source(fit_linear(ts.images[tr], ts.patient_ids[tr]), ts)}
+    assert list(rows) == ["all held-out patients", "easy only", "hard only", "all but hard"]
+    pooled, found, lost = rows["all held-out patients"], rows["easy only"], rows["hard only"]
+    assert pooled["positive_pairs"] == found["positive_pairs"] + lost["positive_pairs"]
+    assert rows["all but hard"]["positive_pairs"] == found["positive_pairs"]
+    assert found["auc_source_matched"] > 0.9 > pooled["auc_source_matched"] and lost["auc_source_matched"] < 0.7
