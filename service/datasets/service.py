@@ -21,7 +21,6 @@ from service.datasets.schemas import DatasetCreate
 from service.errors import ApiError, Forbidden, NotFound, Unprocessable
 from service.modelversions import service as models_service
 from service.modelversions.models import ModelStatus, ModelVersion
-from service.modelversions.service import ModelPolicy
 from service.settings import get_settings
 
 log = logging.getLogger("xraysynth.datasets")
@@ -136,7 +135,7 @@ def _refuse(message: str, *, field: str, code: str) -> Unprocessable:
     return Unprocessable(message, field=field, code=code)
 
 
-def choose_model(session: Session, *, data: DatasetCreate, min_patients: int) -> ModelVersion | ModelPolicy:
+def choose_model(session: Session, *, data: DatasetCreate, min_patients: int) -> ModelVersion | models_service.ModelPolicy:
     """The requested model (checked against the release policy), or the newest published one that offers
     every requested condition."""
     published = models_service.published_policies(session)
@@ -177,7 +176,7 @@ def choose_model(session: Session, *, data: DatasetCreate, min_patients: int) ->
 
 class Requested(NamedTuple):
     dataset: Dataset
-    model: ModelVersion | ModelPolicy  # the chosen model, loaded: answering with it costs no second query
+    model: ModelVersion | models_service.ModelPolicy  # the chosen model, loaded: answering with it costs no second query
     auto_approved: bool
 
 

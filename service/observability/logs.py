@@ -122,10 +122,10 @@ _second: tuple[int, str] = (-1, "")
 def _utc_time(created: float) -> str:
     """`2026-12-05T15:24:03.594+00:00`; the part up to the second is formatted once per second."""
     global _second
-    whole = int(created)
-    if _second[0] != whole:
-        _second = (whole, datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
-    return f"{_second[1]}.{int((created - whole) * 1000):03d}+00:00"
+    whole, cached = int(created), _second  # one read: another thread may replace it meanwhile
+    if cached[0] != whole:
+        cached = _second = (whole, datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{cached[1]}.{int((created - whole) * 1000):03d}+00:00"
 
 
 class ConsoleFormatter(logging.Formatter):
