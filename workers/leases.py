@@ -40,14 +40,13 @@ _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del
 _REFRESH = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
 
 
-@lru_cache
 def key(kind: str, job: str) -> str:
     """``xraysynth:<kind>:<job>``; kind is queued, reserved, lease, starts, suspect or once."""
     return f"{PREFIX}{kind}:{job}"
 
 
+@lru_cache
 def _client(pid: int) -> redis.Redis:  # one client per process: connections must not cross a fork
-
     return redis.Redis.from_url(get_settings().broker_url, socket_timeout=5, socket_connect_timeout=5)
 
 
