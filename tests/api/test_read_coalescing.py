@@ -134,3 +134,37 @@ def test_someone_elses_dataset_is_still_404_when_reads_are_shared(api, researche
     stranger = researcher_b
     assert api.get(f"/v1/datasets/{pending_dataset}", headers=stranger.headers).status_code == 404
     assert api.get(f"/v1/datasets/{pending_dataset}", headers=researcher.headers).status_code == 200
+
+
+def test_the_collector_does_not_run_every_few_polls_under_concurrent_reads(researcher, pending_dataset, settings_env):
+    # A request's objects are freed by reference counting; at Python's default threshold a hundred
+    # polls in flight started a young collection every few requests, a sixth of a read's CPU.
+    import gc
+
+    from service.app import create_app
+
+    settings_env(rate_limit="100000/minute")
+    collections = []
+
+    def count(phase, info):
+        if phase == "start":
+            collections.append(info["generation"])
+
+    async def scenario():
+        app = create_app()
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+            url = f"/v1/datasets/{pending_dataset}"
+            await client.get(url, headers=researcher.headers)
+            gc.callbacks.append(count)
+            try:
+                for _ in range(10):
+                    answers = await asyncio.gather(*(client.get(url, headers=researcher.headers) for _ in range(100)))
+                    assert {a.status_code for a in answers} == {200}
+            finally:
+                gc.callbacks.remove(count)
+
+    before = gc.get_threshold()
+    asyncio.run(scenario())
+    assert len(collections) <= 20, f"{len(collections)} collections in 1,000 reads"
+    assert gc.get_threshold() == before  # the app's setting ends with its lifespan
