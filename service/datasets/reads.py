@@ -1,8 +1,8 @@
 """The two reads clients poll: one dataset's status and a list of datasets.
 
-Each is one statement (the dataset with its owner's name and its model's name and version), in
-autocommit (no BEGIN/COMMIT round trips around it), coalesced across concurrent readers of the same
-key (service.coalesce): a hundred clients polling one dataset cost a query or two in flight. On
+Each is one statement (the datasets with their owners' names and their models' names and versions), in
+autocommit (no BEGIN/COMMIT round trips around it), shared by concurrent readers (service.coalesce):
+a hundred clients polling one dataset, or each its own, cost a query or two in flight. On
 PostgreSQL the statement runs on the event loop's own asyncio connections, with no worker thread:
 a hundred threads handing the GIL to each other and to the loop cost three times the CPU of the
 query itself. (The SQLite fallback reads in a thread.) The answer is serialised once per query, and
@@ -20,11 +20,11 @@ import anyio
 import psycopg
 from psycopg.rows import namedtuple_row
 from psycopg_pool import AsyncConnectionPool
-from sqlalchemy import Select, bindparam, make_url, select
+from sqlalchemy import Select, any_, bindparam, make_url, select
 from sqlalchemy.dialects import postgresql
 
 from service.accounts.models import Account, Role
-from service.coalesce import coalescer
+from service.coalesce import BatchedReads, coalescer
 from service.datasets.models import Dataset, DatasetStatus
 from service.datasets.schemas import DatasetList, DatasetPublic
 from service.datasets.service import public_fields
@@ -41,7 +41,10 @@ _PUBLIC = select(
     Account.name.label("owner_name"), ModelVersion.name.label("model_name"),
     ModelVersion.version.label("model_version"), ModelVersion.conditions.label("model_conditions"),
 ).join(Account, Account.id == Dataset.account_id).join(ModelVersion, ModelVersion.id == Dataset.model_version_id)
-_ONE = _PUBLIC.where(Dataset.id == bindparam("dataset_id"))
+# Many datasets by id: one statement text for any number of ids on PostgreSQL (an array parameter, so
+# one prepared statement), an expanding IN elsewhere.
+_MANY = {True: _PUBLIC.where(Dataset.id == any_(bindparam("ids"))),
+         False: _PUBLIC.where(Dataset.id.in_(bindparam("ids", expanding=True)))}
 
 
 @lru_cache(maxsize=4)
@@ -139,9 +142,12 @@ class _Status:
     body: bytes
 
 
-async def _fetch_status(dataset_id: uuid.UUID) -> _Status | None:
-    rows = await _rows(_ONE, {"dataset_id": dataset_id})
-    return _Status(rows[0].account_id, _public(rows[0]).model_dump_json().encode()) if rows else None
+async def _fetch_statuses(dataset_ids: list[uuid.UUID]) -> dict[uuid.UUID, _Status]:
+    rows = await _rows(_MANY[_postgres() is not None], {"ids": dataset_ids})
+    return {row.id: _Status(row.account_id, _public(row).model_dump_json().encode()) for row in rows}
+
+
+_status_reads: LoopLocal[BatchedReads] = LoopLocal()
 
 
 async def _fetch_list(account_id: uuid.UUID | None, status: DatasetStatus | None, limit: int) -> bytes:
@@ -156,7 +162,7 @@ async def _fetch_list(account_id: uuid.UUID | None, status: DatasetStatus | None
 
 async def status_json(*, dataset_id: uuid.UUID, account: Account) -> bytes:
     """GET /v1/datasets/{id} as JSON. Someone else's dataset is 404 exactly like an unknown id."""
-    found = await coalescer().read(("status", dataset_id), lambda: _fetch_status(dataset_id))
+    found = await _status_reads.get(lambda: BatchedReads(_fetch_statuses)).read(dataset_id)
     if found is None or (account.role != Role.admin and found.account_id != account.id):
         raise NotFound("dataset not found")
     return found.body

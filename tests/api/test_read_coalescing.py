@@ -8,7 +8,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from service.coalesce import ReadCoalescer
+from service.coalesce import BatchedReads, ReadCoalescer
 from tests.api.conftest import PURPOSE
 
 
@@ -82,6 +82,92 @@ def test_a_reader_that_hangs_up_does_not_cancel_the_others():
     asyncio.run(scenario())
 
 
+class Table:
+    """Rows that change while batched reads of them are in flight; each query takes `delay` seconds."""
+
+    def __init__(self, delay: float = 0.02):
+        self.rows, self.delay, self.queries = {}, delay, []
+
+    async def read_many(self, keys: list) -> dict:
+        self.queries.append(list(keys))
+        seen = {k: self.rows[k] for k in keys if k in self.rows}  # the snapshot the query takes
+        await asyncio.sleep(self.delay)
+        return seen
+
+
+def test_a_hundred_readers_of_a_hundred_keys_share_a_query_and_each_gets_its_own_row():
+    async def scenario():
+        table = Table()
+        table.rows = {k: f"row {k}" for k in range(100)}
+        b = BatchedReads(table.read_many)
+        results = await asyncio.gather(*(b.read(k) for k in range(100)), b.read(500))
+        assert results == [f"row {k}" for k in range(100)] + [None]  # an unknown key reads as None
+        assert len(table.queries) == 1 and sorted(table.queries[0]) == [*range(100), 500]
+        assert len(b) == 0  # nothing is kept once the readers have their answer
+
+    asyncio.run(scenario())
+
+
+def test_a_batched_reader_never_gets_a_query_that_started_before_it_arrived():
+    async def scenario():
+        table = Table()
+        table.rows = {"a": 0, "b": 0}
+        b = BatchedReads(table.read_many, max_in_flight=1)
+        first = asyncio.ensure_future(b.read("a"))
+        await asyncio.sleep(0.005)  # the first query is running
+        table.rows = {"a": 1, "b": 1}  # a write commits; the next readers have seen it
+        again, other = asyncio.ensure_future(b.read("a")), asyncio.ensure_future(b.read("b"))
+        assert await first == 0
+        assert (await again, await other) == (1, 1)
+        assert table.queries == [["a"], ["a", "b"]]
+
+    asyncio.run(scenario())
+
+
+def test_batches_beyond_the_in_flight_limit_wait_and_big_ones_are_split():
+    async def scenario():
+        table = Table()
+        table.rows = {k: k for k in range(25)}
+        b = BatchedReads(table.read_many, max_batch=10, max_in_flight=2)
+        results = await asyncio.gather(*(b.read(k) for k in range(25)))
+        assert results == list(range(25))
+        assert [len(q) for q in table.queries] == [10, 10, 5]
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_batch_fails_its_readers_and_the_next_read_tries_again():
+    async def scenario():
+        calls = []
+
+        async def flaky(keys):
+            calls.append(keys)
+            await asyncio.sleep(0.01)
+            if len(calls) == 1:
+                raise ConnectionError("database restarting")
+            return {k: "ok" for k in keys}
+
+        b = BatchedReads(flaky)
+        outcomes = await asyncio.gather(*(b.read(k) for k in range(3)), return_exceptions=True)
+        assert all(isinstance(o, ConnectionError) for o in outcomes)
+        assert await b.read(1) == "ok" and len(calls) == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_batched_reader_that_hangs_up_does_not_cancel_the_others():
+    async def scenario():
+        table = Table(delay=0.05)
+        table.rows = {"a": "A", "b": "B"}
+        b = BatchedReads(table.read_many)
+        quitter, stayer = asyncio.ensure_future(b.read("a")), asyncio.ensure_future(b.read("b"))
+        await asyncio.sleep(0.01)
+        quitter.cancel()
+        assert await stayer == "B"
+
+    asyncio.run(scenario())
+
+
 @pytest.fixture
 def pending_dataset(api, researcher, model):
     r = api.post("/v1/datasets", json={"conditions": {"Mass": 3}, "purpose": PURPOSE}, headers=researcher.headers)
@@ -103,13 +189,13 @@ def test_two_hundred_concurrent_status_reads_share_a_handful_of_queries(research
     from service.datasets import reads
 
     queries = []
-    real = reads._fetch_status
+    real = reads._fetch_statuses
 
-    async def counted(dataset_id):
-        queries.append(dataset_id)
-        return await real(dataset_id)
+    async def counted(dataset_ids):
+        queries.append(dataset_ids)
+        return await real(dataset_ids)
 
-    monkeypatch.setattr(reads, "_fetch_status", counted)
+    monkeypatch.setattr(reads, "_fetch_statuses", counted)
 
     async def scenario():
         app = create_app()
@@ -128,6 +214,48 @@ def test_two_hundred_concurrent_status_reads_share_a_handful_of_queries(research
     assert {a.json()["id"] for a in answers} == {pending_dataset}
     # Each query answers every reader that arrived while the one before it ran.
     assert 1 <= len(queries) <= 100, f"{len(queries)} queries for 200 concurrent reads"
+
+
+def test_two_hundred_clients_each_polling_their_own_dataset_share_a_handful_of_queries(
+        researcher, researcher_b, dataset_at, settings_env, monkeypatch):
+    from service.app import create_app
+    from service.datasets import reads
+
+    settings_env(rate_limit="100000/minute")
+    mine = [str(dataset_at(researcher)) for _ in range(100)]
+    theirs = [str(dataset_at(researcher_b)) for _ in range(100)]
+    queries = []
+    real = reads._fetch_statuses
+
+    async def counted(dataset_ids):
+        queries.append(dataset_ids)
+        return await real(dataset_ids)
+
+    monkeypatch.setattr(reads, "_fetch_statuses", counted)
+
+    async def scenario():
+        app = create_app()
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+            for user in (researcher, researcher_b):  # warm the key cache
+                await client.get(f"/v1/datasets/{mine[0]}", headers=user.headers)
+            queries.clear()
+            polls = [(ds, researcher) for ds in mine] + [(ds, researcher_b) for ds in theirs]
+            # A stranger polling someone else's dataset in the same batches.
+            polls += [(ds, researcher_b) for ds in mine[:20]]
+            answers = await asyncio.gather(*(client.get(f"/v1/datasets/{ds}", headers=user.headers)
+                                             for ds, user in polls))
+            return polls, answers
+
+    polls, answers = asyncio.run(scenario())
+    for (ds, user), answer in zip(polls, answers, strict=True):
+        if user is researcher_b and ds in mine:
+            assert answer.status_code == 404, answer.text
+        else:
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["id"] == ds and answer.json()["owner"]["id"] == str(user.id)
+    assert 1 <= len(queries) <= 10, f"{len(queries)} queries for {len(polls)} concurrent reads"
+    assert {str(i) for q in queries for i in q} == set(mine + theirs)
 
 
 def test_someone_elses_dataset_is_still_404_when_reads_are_shared(api, researcher, researcher_b, pending_dataset):
