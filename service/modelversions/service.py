@@ -85,8 +85,9 @@ ModelPolicy = Row  # a row of _PUBLISHED_POLICIES: a model's id, name, version, 
 
 
 def published_policies(session: Session) -> list[ModelPolicy]:
-    """Published models newest first (as list_models), as rows with the columns the release policy reads."""
-    return list(session.execute(_PUBLISHED_POLICIES).all())
+    """Published models newest first (as list_models), as rows with the columns the release policy reads;
+    on the session's connection, past the ORM's statement layer (see datasets.service._COMMITTED)."""
+    return list(session.connection().execute(_PUBLISHED_POLICIES).all())
 
 
 def resolve_model(session: Session, *, ref: str) -> ModelVersion | None:
