@@ -183,79 +183,75 @@ def test_status_shows_a_write_committed_by_another_process_at_once(api, research
         assert api.get(f"/v1/datasets/{pending_dataset}", headers=researcher.headers).json()["progress"]["done"] == done
 
 
-def test_two_hundred_concurrent_status_reads_share_a_handful_of_queries(researcher, admin, pending_dataset,
-                                                                        monkeypatch):
+def _with_app(scenario):
+    """`scenario(client)` against the app in this process, its lifespan included; returns its result."""
     from service.app import create_app
+
+    async def run():
+        app = create_app()
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+            return await scenario(client)
+
+    return asyncio.run(run())
+
+
+@pytest.fixture
+def status_queries(monkeypatch) -> list[list]:
+    """The dataset ids of each status query, in order."""
     from service.datasets import reads
 
-    queries = []
-    real = reads._fetch_statuses
+    queries, real = [], reads._fetch_statuses
 
     async def counted(dataset_ids):
         queries.append(dataset_ids)
         return await real(dataset_ids)
 
     monkeypatch.setattr(reads, "_fetch_statuses", counted)
+    return queries
 
-    async def scenario():
-        app = create_app()
-        async with app.router.lifespan_context(app), httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
-            # Warm the key cache, then count only the dataset reads.
-            await client.get(f"/v1/datasets/{pending_dataset}", headers=researcher.headers)
-            await client.get(f"/v1/datasets/{pending_dataset}", headers=admin.headers)
-            queries.clear()
-            reads_ = [client.get(f"/v1/datasets/{pending_dataset}", headers=(researcher if i % 2 else admin).headers)
-                      for i in range(200)]
-            return await asyncio.gather(*reads_)
 
-    answers = asyncio.run(scenario())
+def test_two_hundred_concurrent_status_reads_share_a_handful_of_queries(researcher, admin, pending_dataset,
+                                                                        status_queries):
+    async def scenario(client):
+        # Warm the key cache, then count only the dataset reads.
+        await client.get(f"/v1/datasets/{pending_dataset}", headers=researcher.headers)
+        await client.get(f"/v1/datasets/{pending_dataset}", headers=admin.headers)
+        status_queries.clear()
+        return await asyncio.gather(*(client.get(f"/v1/datasets/{pending_dataset}",
+                                                 headers=(researcher if i % 2 else admin).headers)
+                                      for i in range(200)))
+
+    answers = _with_app(scenario)
     assert [a.status_code for a in answers] == [200] * 200
     assert {a.json()["id"] for a in answers} == {pending_dataset}
     # Each query answers every reader that arrived while the one before it ran.
-    assert 1 <= len(queries) <= 100, f"{len(queries)} queries for 200 concurrent reads"
+    assert 1 <= len(status_queries) <= 100, f"{len(status_queries)} queries for 200 concurrent reads"
 
 
 def test_two_hundred_clients_each_polling_their_own_dataset_share_a_handful_of_queries(
-        researcher, researcher_b, dataset_at, settings_env, monkeypatch):
-    from service.app import create_app
-    from service.datasets import reads
-
+        researcher, researcher_b, dataset_at, settings_env, status_queries):
     settings_env(rate_limit="100000/minute")
     mine = [str(dataset_at(researcher)) for _ in range(100)]
     theirs = [str(dataset_at(researcher_b)) for _ in range(100)]
-    queries = []
-    real = reads._fetch_statuses
+    # A stranger polls some of someone else's datasets in the same batches.
+    polls = [(ds, researcher) for ds in mine] + [(ds, researcher_b) for ds in theirs + mine[:20]]
 
-    async def counted(dataset_ids):
-        queries.append(dataset_ids)
-        return await real(dataset_ids)
+    async def scenario(client):
+        for user in (researcher, researcher_b):  # warm the key cache
+            await client.get(f"/v1/datasets/{mine[0]}", headers=user.headers)
+        status_queries.clear()
+        return await asyncio.gather(*(client.get(f"/v1/datasets/{ds}", headers=user.headers) for ds, user in polls))
 
-    monkeypatch.setattr(reads, "_fetch_statuses", counted)
-
-    async def scenario():
-        app = create_app()
-        async with app.router.lifespan_context(app), httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
-            for user in (researcher, researcher_b):  # warm the key cache
-                await client.get(f"/v1/datasets/{mine[0]}", headers=user.headers)
-            queries.clear()
-            polls = [(ds, researcher) for ds in mine] + [(ds, researcher_b) for ds in theirs]
-            # A stranger polling someone else's dataset in the same batches.
-            polls += [(ds, researcher_b) for ds in mine[:20]]
-            answers = await asyncio.gather(*(client.get(f"/v1/datasets/{ds}", headers=user.headers)
-                                             for ds, user in polls))
-            return polls, answers
-
-    polls, answers = asyncio.run(scenario())
+    answers = _with_app(scenario)
     for (ds, user), answer in zip(polls, answers, strict=True):
         if user is researcher_b and ds in mine:
             assert answer.status_code == 404, answer.text
         else:
             assert answer.status_code == 200, answer.text
             assert answer.json()["id"] == ds and answer.json()["owner"]["id"] == str(user.id)
-    assert 1 <= len(queries) <= 10, f"{len(queries)} queries for {len(polls)} concurrent reads"
-    assert {str(i) for q in queries for i in q} == set(mine + theirs)
+    assert 1 <= len(status_queries) <= 10, f"{len(status_queries)} queries for {len(polls)} concurrent reads"
+    assert {str(i) for q in status_queries for i in q} == set(mine + theirs)
 
 
 def test_someone_elses_dataset_is_still_404_when_reads_are_shared(api, researcher, researcher_b, pending_dataset):
@@ -269,8 +265,6 @@ def test_the_collector_does_not_run_every_few_polls_under_concurrent_reads(resea
     # polls in flight started a young collection every few requests, a sixth of a read's CPU.
     import gc
 
-    from service.app import create_app
-
     settings_env(rate_limit="100000/minute")
     collections = []
 
@@ -278,21 +272,18 @@ def test_the_collector_does_not_run_every_few_polls_under_concurrent_reads(resea
         if phase == "start":
             collections.append(info["generation"])
 
-    async def scenario():
-        app = create_app()
-        async with app.router.lifespan_context(app), httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
-            url = f"/v1/datasets/{pending_dataset}"
-            await client.get(url, headers=researcher.headers)
-            gc.callbacks.append(count)
-            try:
-                for _ in range(10):
-                    answers = await asyncio.gather(*(client.get(url, headers=researcher.headers) for _ in range(100)))
-                    assert {a.status_code for a in answers} == {200}
-            finally:
-                gc.callbacks.remove(count)
+    async def scenario(client):
+        url = f"/v1/datasets/{pending_dataset}"
+        await client.get(url, headers=researcher.headers)
+        gc.callbacks.append(count)
+        try:
+            for _ in range(10):
+                answers = await asyncio.gather(*(client.get(url, headers=researcher.headers) for _ in range(100)))
+                assert {a.status_code for a in answers} == {200}
+        finally:
+            gc.callbacks.remove(count)
 
     before = gc.get_threshold()
-    asyncio.run(scenario())
+    _with_app(scenario)
     assert len(collections) <= 20, f"{len(collections)} collections in 1,000 reads"
     assert gc.get_threshold() == before  # the app's setting ends with its lifespan
