@@ -248,6 +248,7 @@ def run_onebox(*, port: int | None, host: str, var_dir: Path | None, embedded: b
 
         while True:  # supervise until a signal raises Stop: a child that dies is restarted (with backoff)
             sup.check_children()
+            sup.rotate_logs()
             for server in sup.servers:
                 if server.proc.poll() is not None:
                     console.print(f"[red]{server.name} exited unexpectedly; stopping everything. See {server.log_path}[/]")

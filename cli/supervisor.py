@@ -1,12 +1,13 @@
 """The one-box supervisor: child processes (API, worker) each in its own process group, restarted with
 exponential backoff when they die (an out-of-memory kill of the worker must not take the API and S3
-down with it), and everything stopped on Ctrl-C / SIGTERM.
+down with it), their logs rotated by size, and everything stopped on Ctrl-C / SIGTERM.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -21,6 +22,10 @@ from rich.console import Console
 from service.embedded import ServerProcess
 
 STOP_GRACE_S = 15
+# The API writes a line per request: a hundred clients polling once a second fill a gigabyte a day.
+LOG_MAX_BYTES = 20 * 2**20
+LOG_BACKUPS = 3
+TAIL_BYTES = 64 * 2**10
 
 
 class Stop(Exception):
@@ -66,6 +71,35 @@ def _popen(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.P
         )
 
 
+def rotate_log(path: Path, *, max_bytes: int = LOG_MAX_BYTES, backups: int = LOG_BACKUPS) -> bool:
+    """Past max_bytes: path.1 … path.<backups> shift down, a copy of the log becomes path.1 and the log is
+    emptied in place (logrotate's copytruncate). Its writer keeps its descriptor, opened for appending,
+    so its next line lands at the start of the emptied file; a line written between the copy and the
+    truncation is lost."""
+    try:
+        if path.stat().st_size <= max_bytes:
+            return False
+        for n in range(backups - 1, 0, -1):
+            older = path.with_name(f"{path.name}.{n}")
+            if older.exists():
+                older.replace(path.with_name(f"{path.name}.{n + 1}"))
+        shutil.copyfile(path, path.with_name(f"{path.name}.1"))
+        os.truncate(path, 0)
+    except OSError:
+        return False  # a full or vanished disk: the service goes on, the next check tries again
+    return True
+
+
+def tail_lines(path: Path, n: int = 15) -> str:
+    """The last n lines, read from the file's end: a log can be many megabytes."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - TAIL_BYTES))
+            return "\n".join(f.read().decode(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
 def describe_exit(code: int | None) -> str:
     if code is not None and code < 0:
         try:
@@ -99,10 +133,7 @@ class Child:
             pass
 
     def tail(self, n: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
+        return tail_lines(self.log_path, n)
 
     def note(self, line: str) -> None:
         """The supervisor's word in the child's own log, where someone reading it looks first."""
@@ -130,6 +161,7 @@ class Supervisor:
     servers: list[ServerProcess] = field(default_factory=list)  # embedded SeaweedFS / redis-server
     backoff: Backoff = field(default_factory=Backoff)
     on_restart: RestartHook | None = None
+    log_max_bytes: int = LOG_MAX_BYTES
     stopping: bool = False
     force: bool = False
 
@@ -204,6 +236,17 @@ class Supervisor:
         child.note(line)
         if self.on_restart:
             self.on_restart(child, None, 0.0)
+
+    def rotate_logs(self) -> int:
+        """Rotate every log this supervisor's processes write (children and embedded servers) that grew
+        past the limit; how many were."""
+        rotated = 0
+        for path in [c.log_path for c in self.children] + [s.log_path for s in self.servers]:
+            if rotate_log(path, max_bytes=self.log_max_bytes):
+                rotated += 1
+                self.console.print(f"[dim]rotated {path} (over {self.log_max_bytes:,} bytes; older copies {path.name}.1…"
+                                   f"{path.name}.{LOG_BACKUPS})[/]")
+        return rotated
 
     # -- stop -------------------------------------------------------------------------------------
 

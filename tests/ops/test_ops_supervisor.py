@@ -77,3 +77,31 @@ def test_stop_all_does_not_restart_a_child_waiting_out_its_backoff(tmp_path):
     time.sleep(0.2)
     sup.check_children()  # after a stop: nothing comes back
     assert child.restarts == 0 and not child.alive()
+
+
+def test_a_childs_log_is_rotated_by_size_and_the_child_keeps_writing_to_it(tmp_path):
+    sup, out, _ = _supervisor()
+    sup.log_max_bytes = 20_000
+    writer = ("import itertools, sys, time\n"
+              "for i in itertools.count():\n"
+              "    print(f'line {i:08d} ' + 'x' * 60, flush=True); time.sleep(0.0005)\n")
+    child = sup.start("api", [sys.executable, "-c", writer], {}, tmp_path)
+    log = tmp_path / "api.log"
+    rotations = 0
+    deadline = time.monotonic() + 30
+    while rotations < 5:
+        assert time.monotonic() < deadline, f"{rotations} rotations in 30 s"
+        rotations += sup.rotate_logs()
+        assert log.stat().st_size < 100_000  # kept near the limit, whatever the child writes
+        time.sleep(0.01)
+    sup.stop_all()
+    assert sorted(p.name for p in tmp_path.glob("api.log.*")) == ["api.log.1", "api.log.2", "api.log.3"]
+    numbers = []
+    for name in ("api.log.3", "api.log.2", "api.log.1", "api.log"):
+        text = (tmp_path / name).read_bytes()
+        assert b"\0" not in text, f"{name}: the writer kept its old offset and left a hole"
+        numbers += [int(line.split()[1]) for line in text.decode().splitlines() if line.startswith("line ")]
+    # Oldest to newest across the files, and the live log still receives the newest lines.
+    assert numbers == sorted(numbers) and numbers[-1] > numbers[0]
+    assert "rotated" in out.getvalue()
+    assert child.tail(1).startswith("line ")
