@@ -83,7 +83,8 @@ class SharedRateLimiter:
             return await self._exact_hit(key, st, window, now)
         if self._due(st, window, now):
             async with st.lock:
-                if self._due(st, window, now):  # unless another request synced while this one waited
+                # Unless another request synced while this one waited.
+                if self._due(st, window, now) and not self._over(st, window, now):
                     await self._sync(key, st, window, add=0)
             if self._near(st, now):
                 return await self._exact_hit(key, st, window, now)
@@ -103,13 +104,29 @@ class SharedRateLimiter:
         return st.window >= 0 and self._estimate(st, now) + 1 > EXACT_SHARE * self.amount
 
     async def _exact_hit(self, key: str, st: _Key, window: int, now: float) -> Decision:
+        if self._over(st, window, now):
+            return self._refusal(window, now)
         async with st.lock:
+            if self._over(st, window, now):  # another request synced while this one waited
+                return self._refusal(window, now)
             await self._sync(key, st, window, add=1)  # this request included, atomically
             if self._estimate(st, now) <= self.amount:
                 return Decision(True)
             await self._undo(key, window)
             st.current -= 1
-            return Decision(False, max(1, int((window + 1) * self.period - now) + 1))
+            return self._refusal(window, now)
+
+    def _over(self, st: _Key, window: int, now: float) -> bool:
+        """Over the limit by every process's count as read less than FLUSH_S ago, in this period: the
+        refusal needs no round trip (a client that keeps sending past its limit would otherwise cost one
+        per request, all queued on this key's lock). Refused requests are not counted and the estimate
+        follows the sliding window, so Redis could only confirm it; a request another process counted
+        and undid meanwhile can make it one too strict for FLUSH_S. Admissions always ask Redis."""
+        return (st.window == window and time.monotonic() - st.synced_at < FLUSH_S
+                and self._estimate(st, now) + 1 > self.amount)
+
+    def _refusal(self, window: int, now: float) -> Decision:
+        return Decision(False, max(1, int((window + 1) * self.period - now) + 1))
 
     def _count_key(self, key: str, window: int) -> str:
         return f"{self.prefix}:{self.amount}/{int(self.period)}:{key}:{window}"

@@ -86,3 +86,29 @@ def test_an_unreachable_store_is_a_503_error_not_a_pass():
     with pytest.raises(RateLimitUnavailable) as err:
         asyncio.run(scenario())
     assert err.value.status_code == 503 and err.value.headers["Retry-After"]
+
+
+def test_a_client_far_past_its_limit_is_refused_without_a_round_trip_each(redis_url, monkeypatch):
+    key = str(uuid.uuid4())
+    round_trips = []
+    real = SharedRateLimiter._execute
+
+    async def counted(pipe):
+        round_trips.append(1)
+        return await real(pipe)
+
+    monkeypatch.setattr(SharedRateLimiter, "_execute", staticmethod(counted))
+
+    async def scenario():
+        a, b = SharedRateLimiter(redis_url, "20/minute"), SharedRateLimiter(redis_url, "20/minute")
+        assert all([(await a.hit(key)).allowed for _ in range(20)])
+        round_trips.clear()
+        started = asyncio.get_running_loop().time()
+        refused = await asyncio.gather(*(lim.hit(key) for _ in range(300) for lim in (a, b)))
+        return refused, asyncio.get_running_loop().time() - started
+
+    decisions, took = asyncio.run(scenario())
+    assert not any(d.allowed for d in decisions) and all(d.retry_after_s >= 1 for d in decisions)
+    # A sync per process per FLUSH_S at most, not one per request (600 before).
+    assert len(round_trips) <= 2 * (2 + took / FLUSH_S), (len(round_trips), took)
+    assert _stored(redis_url, key) == 20  # still exactly the limit: refusals are not counted
