@@ -112,3 +112,28 @@ def test_a_client_far_past_its_limit_is_refused_without_a_round_trip_each(redis_
     # A sync per process per FLUSH_S at most, not one per request (600 before).
     assert len(round_trips) <= 2 * (2 + took / FLUSH_S), (len(round_trips), took)
     assert _stored(redis_url, key) == 20  # still exactly the limit: refusals are not counted
+
+
+def test_requests_arriving_during_a_sync_wait_for_it_together_not_in_line_for_the_lock(redis_url):
+    # In line, they woke one per turn of the event loop: under load the last of a hundred waited
+    # a couple of hundred milliseconds for a round trip of one.
+    key = str(uuid.uuid4())
+
+    class CountingLock(asyncio.Lock):
+        acquired = 0
+
+        async def acquire(self):
+            CountingLock.acquired += 1
+            return await super().acquire()
+
+    async def scenario():
+        lim = SharedRateLimiter(redis_url, "1000000/minute")
+        assert (await lim.hit(key)).allowed
+        lim._keys[key].lock = CountingLock()
+        await asyncio.sleep(FLUSH_S * 1.5)  # the next request syncs; the others arrive meanwhile
+        decisions = await asyncio.gather(*(lim.hit(key) for _ in range(100)))
+        return [d.allowed for d in decisions]
+
+    assert asyncio.run(scenario()) == [True] * 100
+    assert CountingLock.acquired == 1
+    assert _stored(redis_url, key) == 1  # the other hundred are counted here until the next sync
