@@ -8,8 +8,10 @@ Far from the limit, each process counts the requests it admits and adds them to 
 trip, reading back every process's totals, at most every ``FLUSH_S`` or after ``BATCH_SHARE`` of the
 remaining headroom, whichever comes first: a busy key costs a dictionary update per request, and
 fewer than 1 / BATCH_SHARE processes together cannot run past the limit between two syncs. Within
-``EXACT_SHARE`` of the limit every request is one atomic increment in Redis, undone if it does not
-fit: there the count is exact, whatever the number of processes.
+``EXACT_SHARE`` of the limit every admission is one atomic increment in Redis, undone if it does not
+fit: there the count is exact, whatever the number of processes. A key already over its limit by
+counts read less than ``FLUSH_S`` ago is refused without asking again. Requests that arrive during a
+key's sync wait for it together, not in line for the key's lock.
 
 Redis unreachable: ``RateLimitUnavailable`` (503 with Retry-After), never a silent pass. With
 ``memory://`` (the one-box service: one API process) the counts live in this process.
