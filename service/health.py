@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import anyio
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from service import heartbeat, queue, storage
+from service.coalesce import coalescer
 from service.db import get_engine
 from service.settings import get_settings
 
@@ -43,9 +45,15 @@ def _worker() -> str:
     description="200 while the database, broker and storage answer (`status` is `degraded` when no "
                 "generation worker is alive: requests are accepted and wait); 503 naming the failing part.",
 )
-def health():
+async def health():
+    # Probes that arrive together (monitors, load balancers, a flood) share one round of checks, never
+    # one that started before they arrived (service.coalesce); each round runs in a worker thread.
+    body, ok = await coalescer().read(("health",), lambda: anyio.to_thread.run_sync(_checks))
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+def _checks() -> tuple[dict, bool]:
     parts = {"db": _check(_db), "broker": _check(queue.ping_broker), "storage": _check(storage.ping)}
     ok = all(parts[p] == "ok" for p in REQUIRED)
     parts["worker"] = _worker()
-    body = {"status": "ok" if ok and parts["worker"] == "ok" else "degraded", **parts}
-    return JSONResponse(body, status_code=200 if ok else 503)
+    return {"status": "ok" if ok and parts["worker"] == "ok" else "degraded", **parts}, ok

@@ -287,3 +287,24 @@ def test_the_collector_does_not_run_every_few_polls_under_concurrent_reads(resea
     _with_app(scenario)
     assert len(collections) <= 20, f"{len(collections)} collections in 1,000 reads"
     assert gc.get_threshold() == before  # the app's setting ends with its lifespan
+
+
+def test_a_flood_of_health_probes_shares_a_few_rounds_of_checks(clean, monkeypatch):
+    from service import health
+
+    rounds, real = [], health._db  # one database check per round
+
+    def counted():
+        rounds.append(1)
+        return real()
+
+    monkeypatch.setattr(health, "_db", counted)
+
+    async def scenario(client):
+        return await asyncio.gather(*(client.get("/v1/health") for _ in range(200)))
+
+    answers = _with_app(scenario)
+    # No generation worker runs here: 200 and "degraded", every answer the same round's shape.
+    assert {a.status_code for a in answers} == {200}
+    assert {a.json()["db"] for a in answers} == {"ok"}
+    assert 1 <= len(rounds) <= 10, f"{len(rounds)} rounds of checks for 200 probes"
