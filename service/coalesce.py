@@ -78,7 +78,6 @@ class BatchedReads:
         self._in_flight = 0
         self._start_scheduled = False
         self._tasks: set[asyncio.Task] = set()  # referenced while they run: the loop keeps only weak ones
-        self.queries = 0  # started so far
 
     async def read(self, key: Hashable) -> Any:
         future = self._waiting.get(key)
@@ -100,7 +99,6 @@ class BatchedReads:
             return
         batch = {key: self._waiting.pop(key) for key in list(islice(self._waiting, self.max_batch))}
         self._in_flight += 1
-        self.queries += 1
         task = asyncio.ensure_future(self._run(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -112,8 +112,6 @@ class SharedRateLimiter:
         return st.window >= 0 and self._estimate(st, now) + 1 > EXACT_SHARE * self.amount
 
     async def _exact_hit(self, key: str, st: _Key, window: int, now: float) -> Decision:
-        if self._over(st, window, now):
-            return self._refusal(window, now)
         await _running_sync(st)
         if self._over(st, window, now):
             return self._refusal(window, now)
